@@ -1,0 +1,78 @@
+//! `halol`: one binary, one subcommand per role.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "halol",
+    version,
+    about = "Halol Broker's background system: scheduler, workers and a thin web role."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP on $PORT: /healthz, /readyz, /metrics and the admin queue dashboard (/admin).
+    Web,
+    /// Consume job queues. Runs every queue unless --queues limits it; SIGTERM drains.
+    Worker {
+        /// Queues to consume, as `name[=concurrency],...` (default: all, at $WORKER_CONCURRENCY;
+        /// or $WORKER_QUEUES). Example: `check_sl_tp_positions=4,update_position_prices=1`.
+        #[arg(long)]
+        queues: Option<String>,
+    },
+    /// Enqueue periodic jobs on their cron schedules. Safe to run several for availability:
+    /// each tick is enqueued once.
+    Scheduler,
+    /// Apply database migrations (the Procfile's release phase).
+    Migrate,
+    /// Local development: create the database if missing, migrate, and run web, worker and
+    /// scheduler in this one process.
+    Dev,
+    /// Measure the queue: enqueue rate (single and batched) and no-op processing rate of one
+    /// worker, against $REDIS_URL under a throwaway key prefix.
+    Bench(halol::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    halol::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("halol: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("halol: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let config = halol::config::Config::from_env()?;
+    use halol::roles;
+    match command {
+        Command::Web => roles::web(&config, halol::shutdown::signal()).await,
+        Command::Worker { queues } => {
+            roles::worker(&config, queues, halol::shutdown::signal()).await
+        }
+        Command::Scheduler => roles::scheduler(&config, halol::shutdown::token()).await,
+        Command::Migrate => roles::migrate(&config).await,
+        Command::Dev => roles::dev(&config).await,
+        Command::Bench(args) => halol::bench::run(&config, args).await,
+    }
+}

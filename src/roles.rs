@@ -1,0 +1,143 @@
+//! Start-up of each role: load what it needs, then run until the shutdown signal.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures::FutureExt as _;
+
+use crate::{
+    config::{Config, redact},
+    db,
+    queue::Producer,
+    redis_pool::RedisPool,
+    web, worker,
+};
+
+/// Connect to Redis, retrying briefly so a role started alongside Redis does not fail at once.
+pub async fn redis(config: &Config) -> anyhow::Result<RedisPool> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match RedisPool::connect(&config.redis_url, config.redis_pool_size).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "redis at {} not reachable yet", redact(&config.redis_url));
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
+            }
+        }
+    }
+    Err(last
+        .map(anyhow::Error::from)
+        .unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    .with_context(|| {
+        format!(
+            "connecting to Redis at {} (REDIS_URL)",
+            redact(&config.redis_url)
+        )
+    })
+}
+
+/// The web role.
+pub async fn web(
+    config: &Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let state = web::WebState {
+        db: db::connect(&config.database_url, config.database_pool_size).await?,
+        redis: redis(config).await?,
+        queue: config.queue.clone(),
+        admin_token: config.admin_token.as_deref().map(Arc::from),
+        metrics: Some(metrics),
+    };
+    if state.admin_token.is_none() {
+        tracing::warn!("ADMIN_TOKEN is not set: the admin dashboard is disabled");
+    }
+    let router = web::router(state, config.http_request_timeout, config.http_body_limit);
+    web::serve(router, config.port, stop).await
+}
+
+/// The worker role.
+pub async fn worker(
+    config: &Config,
+    queues: Option<String>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let specs = match queues.or_else(|| config.worker_queues.clone()) {
+        Some(raw) => worker::parse_queues(&raw, config.worker_concurrency)
+            .context("--queues / WORKER_QUEUES")?,
+        None => worker::all_queues(config.worker_concurrency),
+    };
+    if specs.len() + 1 > config.redis_pool_size {
+        anyhow::bail!(
+            "REDIS_POOL_SIZE={} is too small for {} queues (needs one connection per queue plus one)",
+            config.redis_pool_size,
+            specs.len()
+        );
+    }
+    let state = worker::AppState {
+        db: db::connect(&config.database_url, config.database_pool_size).await?,
+        redis: redis(config).await?,
+        queue: config.queue.clone(),
+    };
+    worker::run(state, specs, config.shutdown_timeout, stop).await
+}
+
+/// The scheduler role.
+pub async fn scheduler(
+    config: &Config,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let redis = redis(config).await?;
+    let producer = Producer::new(redis.manager(), config.queue.clone());
+    crate::scheduler::run(
+        producer,
+        halol_schedules::all(),
+        config.scheduler_max_lag,
+        stop,
+    )
+    .await;
+    Ok(())
+}
+
+/// `migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database_url, 2).await?;
+    db::migrate(&pool).await?;
+    tracing::info!("migrations applied to {}", redact(&config.database_url));
+    Ok(())
+}
+
+/// `dev`: every role in one process.
+pub async fn dev(config: &Config) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    if config.admin_token.is_none() {
+        config.admin_token = Some("dev-admin-token-change-me".to_owned());
+        tracing::warn!(
+            "ADMIN_TOKEN unset: dev uses the token `dev-admin-token-change-me` (never use it in production)"
+        );
+    }
+    db::ensure_database(&config.database_url).await?;
+    migrate(&config).await?;
+    let stop = crate::shutdown::token();
+    let signal = {
+        let stop = stop.clone();
+        move || {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        }
+    };
+    tracing::info!(
+        "halol dev: web on http://127.0.0.1:{port} — dashboard http://127.0.0.1:{port}/admin (user any, password = ADMIN_TOKEN), \
+         metrics /metrics, readiness /readyz; Ctrl-C stops everything",
+        port = config.port
+    );
+    let (web, worker, scheduler) = tokio::join!(
+        web(&config, signal()).map(|r| r.context("web")),
+        worker(&config, None, signal()).map(|r| r.context("worker")),
+        scheduler(&config, stop.clone()).map(|r| r.context("scheduler")),
+    );
+    web.and(worker).and(scheduler)
+}

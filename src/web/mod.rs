@@ -1,0 +1,99 @@
+//! The web role: health, metrics, and the admin queue dashboard. Every error is JSON.
+
+mod admin;
+mod error;
+mod health;
+mod metrics;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, extract::Request, http::StatusCode, middleware::Next, response::Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
+
+pub use error::AppError;
+
+use crate::{queue::QueueSettings, redis_pool::RedisPool};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct WebState {
+    /// PostgreSQL.
+    pub db: PgPool,
+    /// Redis.
+    pub redis: RedisPool,
+    /// Queue settings (key prefix, lease).
+    pub queue: Arc<QueueSettings>,
+    /// `ADMIN_TOKEN`; admin routes answer 503 without it.
+    pub admin_token: Option<Arc<str>>,
+    /// Prometheus renderer.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: WebState, request_timeout: Duration, body_limit: usize) -> Router {
+    let admin_token = state.admin_token.clone();
+    Router::new()
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(admin::router(admin_token))
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let path = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+            tracing::info_span!("http", method = %req.method(), path)
+        }))
+}
+
+/// Error responses produced by layers (413, 408, 405, ...) carry no body: give them a JSON one.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.is_client_error() || status.is_server_error() {
+        if !is_json {
+            let mut replacement = AppError::Status(
+                status,
+                status.canonical_reason().unwrap_or("error").to_lowercase(),
+            )
+            .into_response_parts();
+            if let Some(v) = response.headers().get(axum::http::header::WWW_AUTHENTICATE) {
+                replacement
+                    .headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v.clone());
+            }
+            return replacement;
+        }
+    }
+    response
+}
+
+/// Serve `router` on `port` until `stop` resolves, then drain open requests.
+pub async fn serve(
+    router: Router,
+    port: u16,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|e| anyhow::anyhow!("binding PORT={port}: {e}"))?;
+    tracing::info!(port, "web listening on http://127.0.0.1:{port}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await?;
+    tracing::info!("web stopped");
+    Ok(())
+}
