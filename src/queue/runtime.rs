@@ -105,6 +105,8 @@ pub(crate) async fn fetch_loop<J: Job>(
     let mut leftover = Vec::new();
     let stream = ctx.keys.stream();
     let mut down = false;
+    // The group may not exist yet on a fresh Redis; a failure here is retried by the loop.
+    let _ = ensure_group(&mut ctx.redis.manager(), &ctx.keys).await;
     while !stop.is_cancelled() {
         let permit = tokio::select! {
             permit = tx.reserve() => match permit {
