@@ -40,12 +40,13 @@ pub fn router(state: WebState, request_timeout: Duration, body_limit: usize) -> 
         .merge(admin::router(admin_token))
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .with_state(state)
-        .layer(axum::middleware::from_fn(json_errors))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        // Outside the limit and timeout layers, so their bare error responses get a JSON body.
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let path = req
                 .extensions()

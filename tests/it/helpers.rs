@@ -22,7 +22,10 @@ pub fn database_url() -> String {
 
 /// Settings under a prefix no other test uses.
 pub fn settings(f: impl FnOnce(&mut QueueSettings)) -> Arc<QueueSettings> {
-    let mut s = QueueSettings { prefix: format!("it-{}", ulid::Ulid::new()), ..QueueSettings::default() };
+    let mut s = QueueSettings {
+        prefix: format!("it-{}", ulid::Ulid::new()),
+        ..QueueSettings::default()
+    };
     f(&mut s);
     Arc::new(s)
 }
@@ -46,13 +49,18 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn stats(pool: &RedisPool, settings: &QueueSettings, queue: &str) -> inspect::QueueStats {
-    inspect::stats(&mut pool.manager(), &settings.keys(queue), 60_000).await.expect("stats")
+    inspect::stats(&mut pool.manager(), &settings.keys(queue), 60_000)
+        .await
+        .expect("stats")
 }
 
 pub fn counter(s: &inspect::QueueStats, name: &str) -> u64 {
@@ -62,7 +70,10 @@ pub fn counter(s: &inspect::QueueStats, name: &str) -> u64 {
 /// Delete every key of a test prefix.
 pub async fn cleanup(pool: &RedisPool, settings: &QueueSettings) {
     let mut conn = pool.manager();
-    let keys: Vec<String> = conn.keys(format!("{{{}:*", settings.prefix)).await.unwrap_or_default();
+    let keys: Vec<String> = conn
+        .keys(format!("{{{}:*", settings.prefix))
+        .await
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = conn.del(keys).await;
     }
@@ -96,7 +107,12 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill").success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
@@ -114,26 +130,46 @@ impl Drop for Proc {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A private redis-server on `port` that keeps nothing on disk.
 pub fn redis_server(port: u16) -> Proc {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     Proc::spawn(cmd)
 }
 
 pub async fn wait_for_redis(url: &str) {
-    eventually(Duration::from_secs(10), "redis-server to accept connections", || async {
-        let client = redis::Client::open(url).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "redis-server to accept connections",
+        || async {
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        },
+    )
     .await;
 }

@@ -1,14 +1,23 @@
 //! The roles as real processes: SIGKILL, SIGTERM, Redis restarts and redundant schedulers.
 
-use std::{collections::HashMap, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use halol::queue::{NewJob, Producer, inspect};
 use halol_jobs::{CheckSlTpPositions, Job, Noop, UpdatePositionPrices};
 
-use crate::helpers::{Proc, cleanup, counter, eventually, free_port, halol, pool, pool_at, redis_server, redis_url, settings, stats, wait_for_redis};
+use crate::helpers::{
+    Proc, cleanup, counter, eventually, free_port, halol, pool, pool_at, redis_server, redis_url,
+    settings, stats, wait_for_redis,
+};
 
 fn noop(n: u64, sleep_ms: u64) -> NewJob {
-    NewJob::new(serde_json::to_string(&Noop { n, sleep_ms }).expect("encode"), 3)
+    NewJob::new(
+        serde_json::to_string(&Noop { n, sleep_ms }).expect("encode"),
+        3,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,17 +26,30 @@ async fn a_job_of_a_worker_killed_with_sigkill_completes_on_another_worker_withi
     let settings = settings(|_| {});
     let url = redis_url();
     let producer = Producer::new(pool.manager(), settings.clone());
-    producer.push(Noop::NAME, &[noop(1, 1_500), noop(2, 1_500)]).await.expect("push");
+    producer
+        .push(Noop::NAME, &[noop(1, 1_500), noop(2, 1_500)])
+        .await
+        .expect("push");
 
-    let doomed = Proc::spawn(halol(&["worker", "--queues", "noop=2"], &settings.prefix, &url));
-    eventually(Duration::from_secs(20), "the first worker to hold both jobs", || async {
-        (stats(&pool, &settings, Noop::NAME).await.in_flight == 2).then_some(())
-    })
+    let doomed = Proc::spawn(halol(
+        &["worker", "--queues", "noop=2"],
+        &settings.prefix,
+        &url,
+    ));
+    eventually(
+        Duration::from_secs(20),
+        "the first worker to hold both jobs",
+        || async { (stats(&pool, &settings, Noop::NAME).await.in_flight == 2).then_some(()) },
+    )
     .await;
     doomed.signal("KILL");
     let killed_at = Instant::now();
 
-    let _survivor = Proc::spawn(halol(&["worker", "--queues", "noop=2"], &settings.prefix, &url));
+    let _survivor = Proc::spawn(halol(
+        &["worker", "--queues", "noop=2"],
+        &settings.prefix,
+        &url,
+    ));
     eventually(Duration::from_secs(30), "both jobs to complete", || async {
         (counter(&stats(&pool, &settings, Noop::NAME).await, "done") == 2).then_some(())
     })
@@ -36,7 +58,10 @@ async fn a_job_of_a_worker_killed_with_sigkill_completes_on_another_worker_withi
     println!("jobs of the killed worker completed {took:?} after SIGKILL");
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let s = stats(&pool, &settings, Noop::NAME).await;
-    assert_eq!((counter(&s, "reclaimed"), s.dead, s.ready, s.in_flight), (2, 0, 0, 0));
+    assert_eq!(
+        (counter(&s, "reclaimed"), s.dead, s.ready, s.in_flight),
+        (2, 0, 0, 0)
+    );
     cleanup(&pool, &settings).await;
 }
 
@@ -45,8 +70,18 @@ async fn sigterm_drains_a_worker_in_under_30s_and_loses_no_job() {
     let pool = pool().await;
     let settings = settings(|_| {});
     let producer = Producer::new(pool.manager(), settings.clone());
-    producer.push(Noop::NAME, &(0..6).map(|n| noop(n, 1_500)).collect::<Vec<_>>()).await.expect("push");
-    let mut worker = Proc::spawn(halol(&["worker", "--queues", "noop=2"], &settings.prefix, &redis_url()));
+    producer
+        .push(
+            Noop::NAME,
+            &(0..6).map(|n| noop(n, 1_500)).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+    let mut worker = Proc::spawn(halol(
+        &["worker", "--queues", "noop=2"],
+        &settings.prefix,
+        &redis_url(),
+    ));
     eventually(Duration::from_secs(20), "two jobs in flight", || async {
         (stats(&pool, &settings, Noop::NAME).await.in_flight == 2).then_some(())
     })
@@ -63,7 +98,11 @@ async fn sigterm_drains_a_worker_in_under_30s_and_loses_no_job() {
     let s = stats(&pool, &settings, Noop::NAME).await;
     assert_eq!(s.in_flight, 0, "nothing left leased");
     assert!(counter(&s, "done") >= 2, "running jobs finished");
-    assert_eq!(counter(&s, "done") + s.ready, 6, "every job is done or back in the queue: {s:?}");
+    assert_eq!(
+        counter(&s, "done") + s.ready,
+        6,
+        "every job is done or back in the queue: {s:?}"
+    );
     cleanup(&pool, &settings).await;
 }
 
@@ -71,7 +110,9 @@ fn ticks(records: &[inspect::Record]) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for r in records {
         let payload: serde_json::Value = serde_json::from_str(&r.fields["p"]).expect("payload");
-        *seen.entry(payload["tick"].as_str().expect("tick").to_owned()).or_default() += 1;
+        *seen
+            .entry(payload["tick"].as_str().expect("tick").to_owned())
+            .or_default() += 1;
     }
     seen
 }
@@ -81,22 +122,46 @@ async fn three_schedulers_for_a_minute_enqueue_each_tick_exactly_once() {
     let pool = pool().await;
     let settings = settings(|_| {});
     let url = redis_url();
-    let schedulers: Vec<Proc> = (0..3).map(|_| Proc::spawn(halol(&["scheduler"], &settings.prefix, &url))).collect();
+    let schedulers: Vec<Proc> = (0..3)
+        .map(|_| Proc::spawn(halol(&["scheduler"], &settings.prefix, &url)))
+        .collect();
     // The window under test is one minute of wall-clock time.
     tokio::time::sleep(Duration::from_secs(61)).await;
     for s in &schedulers {
         s.signal("TERM");
     }
     let mut conn = pool.manager();
-    let sweeps = inspect::waiting(&mut conn, &settings.keys(CheckSlTpPositions::NAME), 1_000).await.expect("entries");
-    let revaluations = inspect::waiting(&mut conn, &settings.keys(UpdatePositionPrices::NAME), 1_000).await.expect("entries");
+    let sweeps = inspect::waiting(&mut conn, &settings.keys(CheckSlTpPositions::NAME), 1_000)
+        .await
+        .expect("entries");
+    let revaluations =
+        inspect::waiting(&mut conn, &settings.keys(UpdatePositionPrices::NAME), 1_000)
+            .await
+            .expect("entries");
     let (sweep_ticks, reval_ticks) = (ticks(&sweeps), ticks(&revaluations));
-    assert!(sweep_ticks.values().all(|&n| n == 1), "a sweep tick enqueued twice: {sweep_ticks:?}");
-    assert!(reval_ticks.values().all(|&n| n == 1), "a revaluation tick enqueued twice: {reval_ticks:?}");
-    assert!(sweep_ticks.len() >= 11, "only {} sweep ticks in a minute", sweep_ticks.len());
-    assert!(reval_ticks.len() >= 2, "only {} revaluation ticks in a minute", reval_ticks.len());
+    assert!(
+        sweep_ticks.values().all(|&n| n == 1),
+        "a sweep tick enqueued twice: {sweep_ticks:?}"
+    );
+    assert!(
+        reval_ticks.values().all(|&n| n == 1),
+        "a revaluation tick enqueued twice: {reval_ticks:?}"
+    );
+    assert!(
+        sweep_ticks.len() >= 11,
+        "only {} sweep ticks in a minute",
+        sweep_ticks.len()
+    );
+    assert!(
+        reval_ticks.len() >= 2,
+        "only {} revaluation ticks in a minute",
+        reval_ticks.len()
+    );
     let s = stats(&pool, &settings, CheckSlTpPositions::NAME).await;
-    assert!(counter(&s, "deduplicated") >= 2 * sweep_ticks.len() as u64 - 2, "the other schedulers' pushes were dropped: {s:?}");
+    assert!(
+        counter(&s, "deduplicated") >= 2 * sweep_ticks.len() as u64 - 2,
+        "the other schedulers' pushes were dropped: {s:?}"
+    );
     cleanup(&pool, &settings).await;
 }
 
@@ -107,13 +172,25 @@ async fn worker_and_scheduler_survive_a_redis_restart_and_carry_on() {
     let mut server = redis_server(port);
     wait_for_redis(&url).await;
     let settings = settings(|_| {});
-    let mut worker = Proc::spawn(halol(&["worker", "--queues", "check_sl_tp_positions=2"], &settings.prefix, &url));
+    let mut worker = Proc::spawn(halol(
+        &["worker", "--queues", "check_sl_tp_positions=2"],
+        &settings.prefix,
+        &url,
+    ));
     let mut scheduler = Proc::spawn(halol(&["scheduler"], &settings.prefix, &url));
     {
         let pool = pool_at(&url).await;
-        eventually(Duration::from_secs(20), "a sweep to run before the restart", || async {
-            (counter(&stats(&pool, &settings, CheckSlTpPositions::NAME).await, "done") >= 1).then_some(())
-        })
+        eventually(
+            Duration::from_secs(20),
+            "a sweep to run before the restart",
+            || async {
+                (counter(
+                    &stats(&pool, &settings, CheckSlTpPositions::NAME).await,
+                    "done",
+                ) >= 1)
+                    .then_some(())
+            },
+        )
         .await;
     }
 
@@ -125,9 +202,17 @@ async fn worker_and_scheduler_survive_a_redis_restart_and_carry_on() {
     wait_for_redis(&url).await;
 
     let pool = pool_at(&url).await;
-    eventually(Duration::from_secs(30), "a sweep to run after the restart", || async {
-        (counter(&stats(&pool, &settings, CheckSlTpPositions::NAME).await, "done") >= 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a sweep to run after the restart",
+        || async {
+            (counter(
+                &stats(&pool, &settings, CheckSlTpPositions::NAME).await,
+                "done",
+            ) >= 1)
+                .then_some(())
+        },
+    )
     .await;
     assert!(worker.alive(), "worker exited");
     assert!(scheduler.alive(), "scheduler exited");

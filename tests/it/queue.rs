@@ -48,7 +48,10 @@ struct Recorder {
 }
 
 async fn work(job: Work, rec: Data<Arc<Recorder>>, attempt: Attempt) -> Result<(), BoxDynError> {
-    rec.runs.lock().expect("lock").push((job.n, attempt.current(), Instant::now()));
+    rec.runs
+        .lock()
+        .expect("lock")
+        .push((job.n, attempt.current(), Instant::now()));
     if let Some(tx) = &rec.seen {
         let _ = tx.send(job.n);
     }
@@ -63,9 +66,15 @@ async fn work(job: Work, rec: Data<Arc<Recorder>>, attempt: Attempt) -> Result<(
     }
 }
 
-fn start(pool: &RedisPool, settings: &Arc<QueueSettings>, concurrency: usize, rec: Arc<Recorder>) -> CancellationToken {
+fn start(
+    pool: &RedisPool,
+    settings: &Arc<QueueSettings>,
+    concurrency: usize,
+    rec: Arc<Recorder>,
+) -> CancellationToken {
     let stop = CancellationToken::new();
-    let backend = RedisQueue::<Work>::new(pool.clone(), settings.clone()).with_prefetch(concurrency);
+    let backend =
+        RedisQueue::<Work>::new(pool.clone(), settings.clone()).with_prefetch(concurrency);
     let worker = WorkerBuilder::new(format!("it-{}", ulid::Ulid::new()))
         .backend(backend)
         .concurrency(concurrency)
@@ -80,7 +89,10 @@ fn start(pool: &RedisPool, settings: &Arc<QueueSettings>, concurrency: usize, re
 }
 
 fn job(n: u64, mode: Mode) -> NewJob {
-    NewJob::new(serde_json::to_string(&Work { n, mode }).expect("encode"), Work::MAX_ATTEMPTS)
+    NewJob::new(
+        serde_json::to_string(&Work { n, mode }).expect("encode"),
+        Work::MAX_ATTEMPTS,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,18 +120,35 @@ async fn a_backlog_of_100k_jobs_drains_every_job_runs_and_memory_stays_within_re
     assert_eq!(ran.len() as u64, total, "every job ran");
     let s = stats(&pool, &settings, Work::NAME).await;
     assert_eq!((s.ready, s.in_flight, s.dead, s.delayed), (0, 0, 0, 0));
-    assert!(s.history <= 1_000 + 100, "history capped near its bound, got {}", s.history);
+    assert!(
+        s.history <= 1_000 + 100,
+        "history capped near its bound, got {}",
+        s.history
+    );
 
     let mut conn = pool.manager();
-    let keys: Vec<String> = conn.keys(format!("{{{}:{}}}*", settings.prefix, Work::NAME)).await.expect("keys");
+    let keys: Vec<String> = conn
+        .keys(format!("{{{}:{}}}*", settings.prefix, Work::NAME))
+        .await
+        .expect("keys");
     let mut bytes = 0u64;
     for key in &keys {
-        let used: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query_async(&mut conn).await.expect("memory usage");
+        let used: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("memory usage");
         bytes += used.unwrap_or(0);
     }
     // 1,100 history entries of ~60 B plus small fixed structures; without retention 100,000
     // entries would take several MB.
-    assert!(bytes < 512 * 1024, "queue keys use {bytes} B after {total} jobs: {keys:?}");
+    assert!(
+        bytes < 512 * 1024,
+        "queue keys use {bytes} B after {total} jobs: {keys:?}"
+    );
     stop.cancel();
     cleanup(&pool, &settings).await;
 }
@@ -130,16 +159,35 @@ async fn an_idle_worker_picks_up_a_new_job_within_50ms_at_p99() {
     let settings = settings(|_| {});
     let producer = Producer::new(pool.manager(), settings.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = start(&pool, &settings, 4, Arc::new(Recorder { seen: Some(tx), ..Recorder::default() }));
+    let stop = start(
+        &pool,
+        &settings,
+        4,
+        Arc::new(Recorder {
+            seen: Some(tx),
+            ..Recorder::default()
+        }),
+    );
     // Warm up: the first job proves the worker is reading.
-    producer.push(Work::NAME, &[job(0, Mode::Succeed)]).await.expect("push");
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("worker started");
+    producer
+        .push(Work::NAME, &[job(0, Mode::Succeed)])
+        .await
+        .expect("push");
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("worker started");
 
     let mut latencies = Vec::with_capacity(1_000);
     for n in 1..=1_000u64 {
         let started = Instant::now();
-        producer.push(Work::NAME, &[job(n, Mode::Succeed)]).await.expect("push");
-        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("picked up").expect("open");
+        producer
+            .push(Work::NAME, &[job(n, Mode::Succeed)])
+            .await
+            .expect("push");
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("picked up")
+            .expect("open");
         assert_eq!(got, n);
         latencies.push(started.elapsed());
     }
@@ -147,27 +195,40 @@ async fn an_idle_worker_picks_up_a_new_job_within_50ms_at_p99() {
     let p99 = latencies[latencies.len() * 99 / 100 - 1];
     let p50 = latencies[latencies.len() / 2];
     println!("pickup latency p50 {p50:?} p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(50), "p99 pickup {p99:?} (p50 {p50:?})");
+    assert!(
+        p99 < Duration::from_millis(50),
+        "p99 pickup {p99:?} (p50 {p50:?})"
+    );
     stop.cancel();
     cleanup(&pool, &settings).await;
 }
 
-async fn dead_letters(pool: &RedisPool, settings: &QueueSettings, n: usize) -> Vec<inspect::Record> {
+async fn dead_letters(
+    pool: &RedisPool,
+    settings: &QueueSettings,
+    n: usize,
+) -> Vec<inspect::Record> {
     eventually(Duration::from_secs(20), "dead letters", || async {
-        let dead = inspect::dead_letters(&mut pool.manager(), &settings.keys(Work::NAME), 10, None).await.expect("dead");
+        let dead = inspect::dead_letters(&mut pool.manager(), &settings.keys(Work::NAME), 10, None)
+            .await
+            .expect("dead");
         (dead.len() >= n).then_some(dead)
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_job_runs_exactly_max_attempts_with_backoff_then_is_dead_lettered_with_its_last_error() {
+async fn a_failing_job_runs_exactly_max_attempts_with_backoff_then_is_dead_lettered_with_its_last_error()
+ {
     let pool = pool().await;
     let settings = settings(|s| s.retry_base = Duration::from_millis(200));
     let producer = Producer::new(pool.manager(), settings.clone());
     let rec = Arc::new(Recorder::default());
     let stop = start(&pool, &settings, 2, rec.clone());
-    producer.push(Work::NAME, &[job(7, Mode::Fail)]).await.expect("push");
+    producer
+        .push(Work::NAME, &[job(7, Mode::Fail)])
+        .await
+        .expect("push");
 
     let dead = dead_letters(&pool, &settings, 1).await;
     let f = &dead[0].fields;
@@ -178,13 +239,32 @@ async fn a_failing_job_runs_exactly_max_attempts_with_backoff_then_is_dead_lette
     assert_eq!(payload.n, 7);
 
     let runs = rec.runs.lock().expect("lock").clone();
-    assert_eq!(runs.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 2, 3], "exactly three attempts");
+    assert_eq!(
+        runs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "exactly three attempts"
+    );
     let first_gap = runs[1].2 - runs[0].2;
     let second_gap = runs[2].2 - runs[1].2;
-    assert!(first_gap >= Duration::from_millis(200), "first retry after {first_gap:?}");
-    assert!(second_gap >= Duration::from_millis(400), "second retry after {second_gap:?}");
+    assert!(
+        first_gap >= Duration::from_millis(200),
+        "first retry after {first_gap:?}"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(400),
+        "second retry after {second_gap:?}"
+    );
     let s = stats(&pool, &settings, Work::NAME).await;
-    assert_eq!((counter(&s, "retried"), counter(&s, "dead"), s.delayed, s.ready, s.in_flight), (2, 1, 0, 0, 0));
+    assert_eq!(
+        (
+            counter(&s, "retried"),
+            counter(&s, "dead"),
+            s.delayed,
+            s.ready,
+            s.in_flight
+        ),
+        (2, 1, 0, 0, 0)
+    );
     stop.cancel();
     cleanup(&pool, &settings).await;
 }
@@ -196,13 +276,22 @@ async fn panicking_and_timed_out_jobs_end_dead_with_their_own_status() {
     let producer = Producer::new(pool.manager(), settings.clone());
     let rec = Arc::new(Recorder::default());
     let stop = start(&pool, &settings, 4, rec.clone());
-    producer.push(Work::NAME, &[job(1, Mode::Panic), job(2, Mode::Hang)]).await.expect("push");
+    producer
+        .push(Work::NAME, &[job(1, Mode::Panic), job(2, Mode::Hang)])
+        .await
+        .expect("push");
 
     let dead = dead_letters(&pool, &settings, 2).await;
     let status_of = |n: u64| {
         dead.iter()
             .find(|r| serde_json::from_str::<Work>(&r.fields["p"]).is_ok_and(|w| w.n == n))
-            .map(|r| (r.fields["status"].clone(), r.fields["a"].clone(), r.fields["error"].clone()))
+            .map(|r| {
+                (
+                    r.fields["status"].clone(),
+                    r.fields["a"].clone(),
+                    r.fields["error"].clone(),
+                )
+            })
             .expect("dead letter")
     };
     let (status, attempts, error) = status_of(1);
@@ -224,11 +313,25 @@ async fn a_second_push_with_the_same_idempotency_key_is_dropped_and_delayed_jobs
     first.idempotency_key = Some("tick:1".into());
     let mut again = job(1, Mode::Succeed);
     again.idempotency_key = Some("tick:1".into());
-    assert_eq!(producer.push(Work::NAME, &[first]).await.expect("push").pushed, 1);
+    assert_eq!(
+        producer
+            .push(Work::NAME, &[first])
+            .await
+            .expect("push")
+            .pushed,
+        1
+    );
     let report = producer.push(Work::NAME, &[again]).await.expect("push");
     assert_eq!((report.pushed, report.deduplicated), (0, 1));
-    let ttl: i64 = pool.manager().pttl(settings.keys(Work::NAME).idempotency("tick:1")).await.expect("ttl");
-    assert!(ttl > 0 && ttl <= settings.idempotency_ttl.as_millis() as i64, "idempotency key expires, ttl {ttl}");
+    let ttl: i64 = pool
+        .manager()
+        .pttl(settings.keys(Work::NAME).idempotency("tick:1"))
+        .await
+        .expect("ttl");
+    assert!(
+        ttl > 0 && ttl <= settings.idempotency_ttl.as_millis() as i64,
+        "idempotency key expires, ttl {ttl}"
+    );
 
     let mut later = job(2, Mode::Succeed);
     later.run_at_ms = Some(chrono::Utc::now().timestamp_millis() + 600);
@@ -238,13 +341,29 @@ async fn a_second_push_with_the_same_idempotency_key_is_dropped_and_delayed_jobs
 
     let pushed_at = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stop = start(&pool, &settings, 2, Arc::new(Recorder { seen: Some(tx), ..Recorder::default() }));
+    let stop = start(
+        &pool,
+        &settings,
+        2,
+        Arc::new(Recorder {
+            seen: Some(tx),
+            ..Recorder::default()
+        }),
+    );
     let mut order = Vec::new();
     for _ in 0..2 {
-        order.push(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("ran").expect("open"));
+        order.push(
+            tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("ran")
+                .expect("open"),
+        );
     }
     assert_eq!(order, vec![1, 2]);
-    assert!(pushed_at.elapsed() >= Duration::from_millis(500), "the delayed job waited");
+    assert!(
+        pushed_at.elapsed() >= Duration::from_millis(500),
+        "the delayed job waited"
+    );
     stop.cancel();
     cleanup(&pool, &settings).await;
 }

@@ -2,18 +2,25 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{body::Body, http::{Request, StatusCode, header}};
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
 use halol::web::{WebState, router};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
-use crate::helpers::{database_url, free_port, pool, pool_at, redis_server, settings, wait_for_redis};
+use crate::helpers::{
+    database_url, free_port, pool, pool_at, redis_server, settings, wait_for_redis,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
 async fn state(redis: halol::redis_pool::RedisPool) -> WebState {
     WebState {
-        db: halol::db::connect(&database_url(), 2).await.expect("postgres"),
+        db: halol::db::connect(&database_url(), 2)
+            .await
+            .expect("postgres"),
         redis,
         queue: settings(|_| {}),
         admin_token: Some(Arc::from(TOKEN)),
@@ -22,10 +29,23 @@ async fn state(redis: halol::redis_pool::RedisPool) -> WebState {
 }
 
 async fn call(state: WebState, req: Request<Body>) -> (StatusCode, serde_json::Value) {
-    let response = router(state, Duration::from_secs(5), 1024).oneshot(req).await.expect("response");
+    let response = router(state, Duration::from_secs(5), 1024)
+        .oneshot(req)
+        .await
+        .expect("response");
     let status = response.status();
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(format!("not json: {}", String::from_utf8_lossy(&bytes)))
+        }),
+    )
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -53,7 +73,12 @@ async fn readiness_is_503_naming_redis_when_redis_is_down() {
     let (status, body) = call(state, get("/readyz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["checks"]["postgres"], "ok");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("redis") && !e.contains("postgres")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redis") && !e.contains("postgres")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -62,13 +87,25 @@ async fn the_admin_dashboard_needs_the_admin_token() {
     let (status, body) = call(state.clone(), get("/admin/queues")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["error"].is_string());
-    let wrong = Request::get("/admin/queues").header(header::AUTHORIZATION, "Bearer nope-nope-nope-nope").body(Body::empty()).expect("req");
+    let wrong = Request::get("/admin/queues")
+        .header(header::AUTHORIZATION, "Bearer nope-nope-nope-nope")
+        .body(Body::empty())
+        .expect("req");
     assert_eq!(call(state.clone(), wrong).await.0, StatusCode::UNAUTHORIZED);
-    let right = Request::get("/admin/queues").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).expect("req");
+    let right = Request::get("/admin/queues")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("req");
     let (status, body) = call(state.clone(), right).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["queues"].as_array().map(Vec::len), Some(halol_jobs::QUEUES.len()));
-    let unknown = Request::get("/admin/queues/nope/dead").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).expect("req");
+    assert_eq!(
+        body["queues"].as_array().map(Vec::len),
+        Some(halol_jobs::QUEUES.len())
+    );
+    let unknown = Request::get("/admin/queues/nope/dead")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("req");
     let (status, body) = call(state, unknown).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("nope")));
