@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use redis::{RedisError, Value, aio::ConnectionManager, streams::StreamRangeReply};
+use redis::{
+    AsyncCommands as _, RedisError, Value, aio::ConnectionManager, streams::StreamRangeReply,
+};
 use serde::Serialize;
 
 use super::{Keys, keys::GROUP, now_ms};
@@ -259,5 +261,3 @@ pub async fn trim(
     }
     Ok(())
 }
-
-use redis::AsyncCommands as _;

@@ -32,23 +32,7 @@ pub enum AppError {
 
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
-        Self::Unavailable(format!("redis unavailable: {}", e.kind_name()))
-    }
-}
-
-trait KindName {
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for redis::RedisError {
-    fn kind_name(&self) -> String {
-        format!("{:?}", self.kind()).to_lowercase()
-    }
-}
-
-impl AppError {
-    pub(crate) fn into_response_parts(self) -> Response {
-        self.into_response()
+        Self::Unavailable(format!("redis unavailable: {:?}", e.kind()).to_lowercase())
     }
 }
 

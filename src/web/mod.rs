@@ -7,7 +7,13 @@ mod metrics;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::Request, http::StatusCode, middleware::Next, response::Response};
+use axum::{
+    Router,
+    extract::Request,
+    http::StatusCode,
+    middleware::Next,
+    response::{IntoResponse as _, Response},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer, trace::TraceLayer};
@@ -70,7 +76,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
                 status,
                 status.canonical_reason().unwrap_or("error").to_lowercase(),
             )
-            .into_response_parts();
+            .into_response();
             if let Some(v) = response.headers().get(axum::http::header::WWW_AUTHENTICATE) {
                 replacement
                     .headers_mut()
