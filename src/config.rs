@@ -37,6 +37,11 @@ pub struct Config {
     pub http_body_limit: usize,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long a role drains after SIGTERM (keep it under 30).
     pub shutdown_timeout: Duration,
+    /// `PRICE_MAX_AGE_MS`: a cached quote whose event time is older than this is stale.
+    pub price_max_age: Duration,
+    /// `REDIS_KEY_NAMESPACE`: prefix of the contract keys (`price:`, `calm:`). Empty in
+    /// production: bots read those keys by their exact names.
+    pub redis_key_namespace: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -95,6 +100,8 @@ impl Config {
             http_request_timeout: secs("HTTP_REQUEST_TIMEOUT_SECS", Duration::from_secs(10))?,
             http_body_limit: parsed("HTTP_BODY_LIMIT_BYTES", 64 * 1024)?,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(25))?,
+            price_max_age: millis("PRICE_MAX_AGE_MS", Duration::from_secs(10))?,
+            redis_key_namespace: var("REDIS_KEY_NAMESPACE").unwrap_or_default(),
         };
         if config.redis_pool_size < 2 {
             bail!(
@@ -110,6 +117,22 @@ impl Config {
             bail!("ADMIN_TOKEN must be at least 16 characters");
         }
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The trading core over these connections.
+    pub fn trading(
+        &self,
+        db: sqlx::PgPool,
+        redis: crate::redis_pool::RedisPool,
+    ) -> crate::trading::Trading {
+        crate::trading::Trading {
+            db,
+            redis,
+            keys: crate::trading::CacheKeys::new(&self.redis_key_namespace),
+            price_max_age: self.price_max_age,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! halol: the background system of Halol Broker (scheduler, workers and a thin web role).
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod queue;
@@ -9,6 +10,7 @@ pub mod roles;
 pub mod scheduler;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trading;
 pub mod web;
 pub mod worker;
 

@@ -37,6 +37,21 @@ enum Command {
     /// Measure the queue: enqueue rate (single and batched) and no-op processing rate of one
     /// worker, against $REDIS_URL under a throwaway key prefix.
     Bench(halol::bench::BenchArgs),
+    /// Back office: create and list symbols.
+    #[command(subcommand)]
+    Symbol(halol::cli::SymbolCmd),
+    /// Back office: create trading accounts.
+    #[command(subcommand)]
+    Account(halol::cli::AccountCmd),
+    /// Back office: open, modify, close, get and list positions.
+    #[command(subcommand)]
+    Position(halol::cli::PositionCmd),
+    /// Back office: write or read the price cache `price:{SYMBOL}`.
+    #[command(subcommand)]
+    Price(halol::cli::PriceCmd),
+    /// Back office: put a position in or out of calm mode.
+    #[command(subcommand)]
+    Calm(halol::cli::CalmCmd),
 }
 
 fn main() -> ExitCode {
@@ -74,5 +89,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate => roles::migrate(&config).await,
         Command::Dev => roles::dev(&config).await,
         Command::Bench(args) => halol::bench::run(&config, args).await,
+        Command::Symbol(c) => halol::cli::run(&config, halol::cli::Admin::Symbol(c)).await,
+        Command::Account(c) => halol::cli::run(&config, halol::cli::Admin::Account(c)).await,
+        Command::Position(c) => halol::cli::run(&config, halol::cli::Admin::Position(c)).await,
+        Command::Price(c) => halol::cli::run(&config, halol::cli::Admin::Price(c)).await,
+        Command::Calm(c) => halol::cli::run(&config, halol::cli::Admin::Calm(c)).await,
     }
 }

@@ -45,9 +45,12 @@ pub async fn web(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    let db = db::connect(&config.database_url, config.database_pool_size).await?;
+    let redis = redis(config).await?;
     let state = web::WebState {
-        db: db::connect(&config.database_url, config.database_pool_size).await?,
-        redis: redis(config).await?,
+        trading: config.trading(db.clone(), redis.clone()),
+        db,
+        redis,
         queue: config.queue.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
         metrics: Some(metrics),
@@ -77,9 +80,12 @@ pub async fn worker(
             specs.len()
         );
     }
+    let db = db::connect(&config.database_url, config.database_pool_size).await?;
+    let redis = redis(config).await?;
     let state = worker::AppState {
-        db: db::connect(&config.database_url, config.database_pool_size).await?,
-        redis: redis(config).await?,
+        trading: config.trading(db.clone(), redis.clone()),
+        db,
+        redis,
         queue: config.queue.clone(),
     };
     worker::run(state, specs, config.shutdown_timeout, stop).await

@@ -11,12 +11,15 @@ use std::{str::FromStr, sync::Arc};
 use anyhow::{Context as _, bail};
 use apalis::layers::WorkerBuilderExt as _;
 use apalis_core::{monitor::Monitor, worker::builder::WorkerBuilder};
-use halol_jobs::{CheckSlTpPositions, Job, Noop, TrimRetention, UpdatePositionPrices};
+use halol_jobs::{
+    CheckSlTpPositions, CheckSlTpSymbol, Job, Noop, TrimRetention, UpdatePositionPrices,
+};
 use sqlx::PgPool;
 
 use crate::{
     queue::{QueueSettings, RedisQueue},
     redis_pool::RedisPool,
+    trading::Trading,
 };
 
 /// What every handler can reach.
@@ -26,8 +29,10 @@ pub struct AppState {
     pub db: PgPool,
     /// Redis: cache and queues.
     pub redis: RedisPool,
-    /// Queue settings (for housekeeping).
+    /// Queue settings (for housekeeping and fan-out).
     pub queue: Arc<QueueSettings>,
+    /// The trading core.
+    pub trading: Trading,
 }
 
 /// One queue to consume and how many of its jobs to run at once.
@@ -124,6 +129,13 @@ pub fn monitor(state: &AppState, specs: &[QueueSpec]) -> Monitor {
                 spec,
                 CheckSlTpPositions,
                 handlers::check_sl_tp_positions::handle
+            ),
+            CheckSlTpSymbol::NAME => register!(
+                monitor,
+                state,
+                spec,
+                CheckSlTpSymbol,
+                handlers::check_sl_tp_symbol::handle
             ),
             UpdatePositionPrices::NAME => register!(
                 monitor,

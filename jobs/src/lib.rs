@@ -11,11 +11,14 @@ mod periodic;
 
 pub use job::Job;
 pub use noop::Noop;
-pub use periodic::{CheckSlTpPositions, Periodic, TrimRetention, UpdatePositionPrices};
+pub use periodic::{
+    CheckSlTpPositions, CheckSlTpSymbol, Periodic, TrimRetention, UpdatePositionPrices,
+};
 
 /// Every queue a worker consumes by default, by its stable name.
 pub const QUEUES: &[&str] = &[
     CheckSlTpPositions::NAME,
+    CheckSlTpSymbol::NAME,
     UpdatePositionPrices::NAME,
     TrimRetention::NAME,
     Noop::NAME,

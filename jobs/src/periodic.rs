@@ -72,3 +72,20 @@ impl Periodic for TrimRetention {
         Self { tick }
     }
 }
+
+/// One symbol's share of a `check_sl_tp_positions` tick. The tick job fans out one of these per
+/// symbol so several workers share a sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSlTpSymbol {
+    /// The tick of the sweep this belongs to.
+    pub tick: DateTime<Utc>,
+    /// The symbol to check.
+    pub symbol: String,
+}
+
+impl Job for CheckSlTpSymbol {
+    const NAME: &'static str = "check_sl_tp_symbol";
+    // Superseded by the next tick: one attempt.
+    const MAX_ATTEMPTS: u32 = 1;
+    const TIMEOUT: Duration = Duration::from_secs(10);
+}

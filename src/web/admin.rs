@@ -40,7 +40,7 @@ pub(super) fn router(token: Option<Arc<str>>) -> Router<WebState> {
         ))
 }
 
-async fn require_admin(token: Option<Arc<str>>, req: Request, next: Next) -> Response {
+pub(super) async fn require_admin(token: Option<Arc<str>>, req: Request, next: Next) -> Response {
     match token {
         None => AppError::Unavailable("admin API disabled: set ADMIN_TOKEN".into()).into_response(),
         Some(token)

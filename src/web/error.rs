@@ -16,6 +16,14 @@ pub enum AppError {
     /// 400/422.
     #[error("{0}")]
     BadRequest(String),
+    /// 422: a field of the request is invalid; the body names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// 401: missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -54,6 +62,16 @@ impl IntoResponse for AppError {
                     ),
                 );
                 return r;
+            }
+            Self::Invalid { field, message } => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(serde_json::json!({
+                        "error": format!("{field}: {message}"),
+                        "field": field,
+                    })),
+                )
+                    .into_response();
             }
             Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             Self::Status(s, m) => (s, m),

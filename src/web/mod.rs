@@ -4,6 +4,7 @@ mod admin;
 mod error;
 mod health;
 mod metrics;
+mod trading;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,6 +30,8 @@ pub struct WebState {
     pub db: PgPool,
     /// Redis.
     pub redis: RedisPool,
+    /// The trading core (back-office API).
+    pub trading: crate::trading::Trading,
     /// Queue settings (key prefix, lease).
     pub queue: Arc<QueueSettings>,
     /// `ADMIN_TOKEN`; admin routes answer 503 without it.
@@ -43,7 +46,8 @@ pub fn router(state: WebState, request_timeout: Duration, body_limit: usize) -> 
     Router::new()
         .merge(health::router())
         .merge(metrics::router())
-        .merge(admin::router(admin_token))
+        .merge(admin::router(admin_token.clone()))
+        .merge(trading::router(admin_token))
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(body_limit))

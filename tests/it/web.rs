@@ -17,10 +17,17 @@ use crate::helpers::{
 const TOKEN: &str = "test-admin-token-0123456789";
 
 async fn state(redis: halol::redis_pool::RedisPool) -> WebState {
+    let db = halol::db::connect(&database_url(), 2)
+        .await
+        .expect("postgres");
     WebState {
-        db: halol::db::connect(&database_url(), 2)
-            .await
-            .expect("postgres"),
+        trading: halol::trading::Trading {
+            db: db.clone(),
+            redis: redis.clone(),
+            keys: halol::trading::CacheKeys::new(&format!("it-{}:", ulid::Ulid::new())),
+            price_max_age: Duration::from_secs(10),
+        },
+        db,
         redis,
         queue: settings(|_| {}),
         admin_token: Some(Arc::from(TOKEN)),

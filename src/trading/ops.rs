@@ -1,0 +1,539 @@
+//! Back-office operations shared by the admin HTTP API and the CLI. Every input is checked
+//! before anything is written; a refusal names the field.
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionLike;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{
+    Side, SymbolInfo, Trading, TradingError, close, currency_digits, money, prices,
+    rates::{self, Rates},
+};
+
+/// Most decimal places of a volume (lots).
+pub const VOLUME_DP: u32 = 4;
+
+/// A symbol to create.
+#[derive(Debug, Clone)]
+pub struct NewSymbol {
+    /// `EURUSD`.
+    pub symbol: String,
+    /// Price decimal places.
+    pub digits: i16,
+    /// Units per lot.
+    pub contract_size: Decimal,
+    /// Currency of its prices.
+    pub quote_currency: String,
+}
+
+/// Create a symbol.
+pub async fn create_symbol(db: &PgPool, s: NewSymbol) -> Result<SymbolInfo, TradingError> {
+    let valid_name = !s.symbol.is_empty()
+        && s.symbol.len() <= 32
+        && s.symbol
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || "._#-".contains(c));
+    if !valid_name {
+        return Err(TradingError::invalid(
+            "symbol",
+            format!("{:?} is not 1-32 of A-Z, 0-9, '.', '_', '#', '-'", s.symbol),
+        ));
+    }
+    if !(0..=10).contains(&s.digits) {
+        return Err(TradingError::invalid("digits", "must be between 0 and 10"));
+    }
+    if s.contract_size <= Decimal::ZERO {
+        return Err(TradingError::invalid(
+            "contract_size",
+            "must be greater than 0",
+        ));
+    }
+    known_currency(db, "quote_currency", &s.quote_currency).await?;
+    let created: Option<SymbolInfo> = sqlx::query_as(
+        "INSERT INTO symbols (symbol, digits, contract_size, quote_currency)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (symbol) DO NOTHING
+         RETURNING symbol, digits, contract_size, quote_currency",
+    )
+    .bind(&s.symbol)
+    .bind(s.digits)
+    .bind(s.contract_size.normalize())
+    .bind(&s.quote_currency)
+    .fetch_optional(db)
+    .await?;
+    created.ok_or_else(|| TradingError::Conflict(format!("symbol {} already exists", s.symbol)))
+}
+
+async fn known_currency(db: &PgPool, field: &'static str, code: &str) -> Result<(), TradingError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM currencies WHERE code = $1)")
+            .bind(code)
+            .fetch_one(db)
+            .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(TradingError::invalid(
+            field,
+            format!("unknown currency {code:?}"),
+        ))
+    }
+}
+
+/// A trading account as the back office sees it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Account {
+    /// Internal id.
+    pub id: i64,
+    /// The MT5 login.
+    pub mt5_account_id: i64,
+    /// Account currency.
+    pub currency: String,
+    /// Balance (realised PnL is booked here).
+    pub balance: Decimal,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Create a trading account.
+pub async fn create_account(
+    db: &PgPool,
+    mt5_account_id: i64,
+    currency: &str,
+    balance: Decimal,
+) -> Result<Account, TradingError> {
+    if mt5_account_id <= 0 {
+        return Err(TradingError::invalid(
+            "mt5_account_id",
+            "must be a positive integer",
+        ));
+    }
+    known_currency(db, "currency", currency).await?;
+    let digits = currency_digits(db).await?;
+    let dp = digits.get(currency).copied().unwrap_or(2);
+    if balance.normalize().scale() > dp {
+        return Err(TradingError::invalid(
+            "balance",
+            format!("{balance} has more than {currency}'s {dp} decimal places"),
+        ));
+    }
+    let created: Option<Account> = sqlx::query_as(
+        "INSERT INTO trading_accounts (mt5_account_id, currency, balance) VALUES ($1, $2, $3)
+         ON CONFLICT (mt5_account_id) DO NOTHING
+         RETURNING id, mt5_account_id, currency, balance, created_at",
+    )
+    .bind(mt5_account_id)
+    .bind(currency)
+    .bind(money::round_money(balance, dp))
+    .fetch_optional(db)
+    .await?;
+    created
+        .ok_or_else(|| TradingError::Conflict(format!("account {mt5_account_id} already exists")))
+}
+
+/// A position as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Position {
+    /// Id.
+    pub id: i64,
+    /// Internal account id.
+    pub account_id: i64,
+    /// The account's MT5 login.
+    pub mt5_account_id: i64,
+    /// Currency of the PnL figures.
+    pub account_currency: String,
+    /// Symbol.
+    pub symbol: String,
+    /// `buy` or `sell`.
+    pub side: String,
+    /// Lots.
+    pub volume: Decimal,
+    /// Open price.
+    pub open_price: Decimal,
+    /// Opened.
+    pub opened_at: DateTime<Utc>,
+    /// Stop loss.
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    pub take_profit: Option<Decimal>,
+    /// `open` or `closed`.
+    pub status: String,
+    /// Closed.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Close price.
+    pub close_price: Option<Decimal>,
+    /// `sl`, `tp` or `manual`.
+    pub close_reason: Option<String>,
+    /// Realised PnL in the account currency.
+    pub realised_pnl: Option<Decimal>,
+    /// Why the realised PnL is missing, if it is.
+    pub realised_pnl_note: Option<String>,
+    /// Bid at the last revaluation.
+    pub current_bid: Option<Decimal>,
+    /// Ask at the last revaluation.
+    pub current_ask: Option<Decimal>,
+    /// Event time of that quote.
+    pub price_ts: Option<DateTime<Utc>>,
+    /// Unrealised PnL at the last revaluation.
+    pub unrealised_pnl: Option<Decimal>,
+    /// Why the unrealised PnL is missing, if it is.
+    pub unrealised_pnl_note: Option<String>,
+    /// When it was last revalued.
+    pub revalued_at: Option<DateTime<Utc>>,
+}
+
+const POSITION_COLUMNS: &str = "p.id, p.account_id, a.mt5_account_id, p.account_currency, p.symbol,
+    p.side, p.volume, p.open_price, p.opened_at, p.stop_loss, p.take_profit, p.status,
+    p.closed_at, p.close_price, p.close_reason, p.realised_pnl, p.realised_pnl_note,
+    p.current_bid, p.current_ask, p.price_ts, p.unrealised_pnl, p.unrealised_pnl_note,
+    p.revalued_at";
+
+/// One position.
+pub async fn get_position(db: &PgPool, id: i64) -> Result<Position, TradingError> {
+    sqlx::query_as(&format!(
+        "SELECT {POSITION_COLUMNS} FROM positions p JOIN trading_accounts a ON a.id = p.account_id
+         WHERE p.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| TradingError::NotFound(format!("no position {id}")))
+}
+
+/// Filter of [`list_positions`].
+#[derive(Debug, Clone, Default)]
+pub struct PositionFilter {
+    /// Only this account's.
+    pub mt5_account_id: Option<i64>,
+    /// Only this symbol's.
+    pub symbol: Option<String>,
+    /// `open` or `closed`.
+    pub status: Option<String>,
+    /// Ids above this (keyset pagination).
+    pub after_id: Option<i64>,
+    /// At most this many (1..=1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// Positions matching `f`, by id.
+pub async fn list_positions(
+    db: &PgPool,
+    f: &PositionFilter,
+) -> Result<Vec<Position>, TradingError> {
+    if let Some(s) = &f.status
+        && s != "open"
+        && s != "closed"
+    {
+        return Err(TradingError::invalid(
+            "status",
+            format!("must be \"open\" or \"closed\", got {s:?}"),
+        ));
+    }
+    let limit = f.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(TradingError::invalid("limit", "must be between 1 and 1000"));
+    }
+    Ok(sqlx::query_as(&format!(
+        "SELECT {POSITION_COLUMNS} FROM positions p JOIN trading_accounts a ON a.id = p.account_id
+         WHERE ($1::bigint IS NULL OR a.mt5_account_id = $1)
+           AND ($2::text IS NULL OR p.symbol = $2)
+           AND ($3::text IS NULL OR p.status = $3)
+           AND p.id > coalesce($4, 0)
+         ORDER BY p.id LIMIT $5"
+    ))
+    .bind(f.mt5_account_id)
+    .bind(&f.symbol)
+    .bind(&f.status)
+    .bind(f.after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+async fn known_symbol(db: &PgPool, symbol: &str) -> Result<SymbolInfo, TradingError> {
+    super::symbol(db, symbol)
+        .await?
+        .ok_or_else(|| TradingError::invalid("symbol", format!("unknown symbol {symbol:?}")))
+}
+
+/// The fresh quote of `symbol`, or why there is none.
+async fn fresh_quote(
+    t: &Trading,
+    conn: &mut impl ConnectionLike,
+    symbol: &SymbolInfo,
+) -> Result<Result<prices::Quote, prices::Unusable>, TradingError> {
+    let quote = prices::read(conn, &t.keys, &symbol.symbol).await?;
+    Ok(quote.and_then(|q| {
+        q.check_fresh(Utc::now(), t.price_max_age)?;
+        Ok(prices::Quote {
+            bid: money::round_price(q.bid, symbol.dp()),
+            ask: money::round_price(q.ask, symbol.dp()),
+            ..q
+        })
+    }))
+}
+
+fn level(
+    field: &'static str,
+    value: Decimal,
+    symbol: &SymbolInfo,
+    side: Side,
+    quote: &Result<prices::Quote, prices::Unusable>,
+) -> Result<Decimal, TradingError> {
+    let value =
+        money::normalise_price(value, symbol.dp()).map_err(|m| TradingError::invalid(field, m))?;
+    let quote = quote.as_ref().map_err(|why| {
+        TradingError::invalid(
+            field,
+            format!(
+                "cannot be checked against the market: {} has {why}",
+                symbol.symbol
+            ),
+        )
+    })?;
+    money::check_level_side(side, field, value, quote.bid, quote.ask)
+        .map_err(|m| TradingError::invalid(field, m))?;
+    Ok(value)
+}
+
+/// A position to open.
+#[derive(Debug, Clone)]
+pub struct OpenPosition {
+    /// The account's MT5 login.
+    pub mt5_account_id: i64,
+    /// Symbol.
+    pub symbol: String,
+    /// Side.
+    pub side: Side,
+    /// Lots.
+    pub volume: Decimal,
+    /// Stop loss.
+    pub stop_loss: Option<Decimal>,
+    /// Take profit.
+    pub take_profit: Option<Decimal>,
+    /// Booked price; default the current market price (ask for a buy, bid for a sell).
+    pub open_price: Option<Decimal>,
+}
+
+/// Open a position.
+pub async fn open_position(t: &Trading, req: OpenPosition) -> Result<Position, TradingError> {
+    if req.volume <= Decimal::ZERO {
+        return Err(TradingError::invalid(
+            "volume",
+            format!("must be greater than 0, got {}", req.volume),
+        ));
+    }
+    if req.volume.normalize().scale() > VOLUME_DP {
+        return Err(TradingError::invalid(
+            "volume",
+            format!("at most {VOLUME_DP} decimal places"),
+        ));
+    }
+    let symbol = known_symbol(&t.db, &req.symbol).await?;
+    let account: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, currency FROM trading_accounts WHERE mt5_account_id = $1")
+            .bind(req.mt5_account_id)
+            .fetch_optional(&t.db)
+            .await?;
+    let (account_id, currency) = account.ok_or_else(|| {
+        TradingError::invalid(
+            "mt5_account_id",
+            format!("no account {}", req.mt5_account_id),
+        )
+    })?;
+    let mut conn = t.redis.manager();
+    let quote = fresh_quote(t, &mut conn, &symbol).await?;
+    let stop_loss = req
+        .stop_loss
+        .map(|v| level("stop_loss", v, &symbol, req.side, &quote))
+        .transpose()?;
+    let take_profit = req
+        .take_profit
+        .map(|v| level("take_profit", v, &symbol, req.side, &quote))
+        .transpose()?;
+    let open_price = match req.open_price {
+        Some(p) => money::normalise_price(p, symbol.dp())
+            .map_err(|m| TradingError::invalid("open_price", m))?,
+        None => match &quote {
+            // Buying pays the ask, selling receives the bid.
+            Ok(q) => match req.side {
+                Side::Buy => q.ask,
+                Side::Sell => q.bid,
+            },
+            Err(why) => {
+                return Err(TradingError::Conflict(format!(
+                    "cannot open at market: {} has {why}; give open_price to book at a price",
+                    symbol.symbol
+                )));
+            }
+        },
+    };
+    let mut volume = req.volume.normalize();
+    volume.rescale(volume.scale().max(2));
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO positions (account_id, account_currency, symbol, side, volume, contract_size,
+                                open_price, stop_loss, take_profit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(account_id)
+    .bind(&currency)
+    .bind(&symbol.symbol)
+    .bind(req.side.as_str())
+    .bind(volume)
+    .bind(symbol.contract_size)
+    .bind(open_price)
+    .bind(stop_loss)
+    .bind(take_profit)
+    .fetch_one(&t.db)
+    .await?;
+    tracing::info!(position_id = id, symbol = %symbol.symbol, side = %req.side, "position {id} opened");
+    get_position(&t.db, id).await
+}
+
+/// A change of SL/TP: `None` leaves a level alone, `Some(None)` removes it.
+#[derive(Debug, Clone, Default)]
+pub struct Levels {
+    /// New stop loss.
+    pub stop_loss: Option<Option<Decimal>>,
+    /// New take profit.
+    pub take_profit: Option<Option<Decimal>>,
+}
+
+/// Change a position's SL/TP, checked against the current quote, on the locked open row.
+pub async fn modify_position(
+    t: &Trading,
+    id: i64,
+    levels: Levels,
+) -> Result<Position, TradingError> {
+    let current = get_position(&t.db, id).await?;
+    if current.status != "open" {
+        return Err(TradingError::Conflict(format!("position {id} is closed")));
+    }
+    let symbol = known_symbol(&t.db, &current.symbol).await?;
+    let side: Side = current
+        .side
+        .parse()
+        .map_err(|e: String| TradingError::Internal(anyhow::anyhow!(e)))?;
+    let mut conn = t.redis.manager();
+    let quote = fresh_quote(t, &mut conn, &symbol).await?;
+    let check =
+        |field, v: Option<Option<Decimal>>| -> Result<Option<Option<Decimal>>, TradingError> {
+            match v {
+                Some(Some(v)) => Ok(Some(Some(level(field, v, &symbol, side, &quote)?))),
+                other => Ok(other),
+            }
+        };
+    let stop_loss = check("stop_loss", levels.stop_loss)?;
+    let take_profit = check("take_profit", levels.take_profit)?;
+    let updated = sqlx::query(
+        "UPDATE positions
+         SET stop_loss = CASE WHEN $2 THEN $3 ELSE stop_loss END,
+             take_profit = CASE WHEN $4 THEN $5 ELSE take_profit END
+         WHERE id = $1 AND status = 'open'",
+    )
+    .bind(id)
+    .bind(stop_loss.is_some())
+    .bind(stop_loss.flatten())
+    .bind(take_profit.is_some())
+    .bind(take_profit.flatten())
+    .execute(&t.db)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(TradingError::Conflict(format!("position {id} is closed")));
+    }
+    get_position(&t.db, id).await
+}
+
+/// Close a position at the current market price.
+pub async fn close_position(t: &Trading, id: i64, by: &str) -> Result<Position, TradingError> {
+    let current = get_position(&t.db, id).await?;
+    if current.status != "open" {
+        return Err(TradingError::Conflict(format!(
+            "position {id} is already closed"
+        )));
+    }
+    let symbol = known_symbol(&t.db, &current.symbol).await?;
+    let mut conn = t.redis.manager();
+    let quote = fresh_quote(t, &mut conn, &symbol).await?.map_err(|why| {
+        TradingError::Conflict(format!(
+            "cannot close at market: {} has {why}",
+            symbol.symbol
+        ))
+    })?;
+    let now = Utc::now();
+    let currencies = rates::account_currencies(&t.db).await?;
+    let pairs: Vec<(String, String)> = currencies
+        .into_iter()
+        .map(|a| (symbol.quote_currency.clone(), a))
+        .collect();
+    let rates = Rates::load(&mut conn, &t.keys, &pairs, now, t.price_max_age).await?;
+    let digits = currency_digits(&t.db).await?;
+    let closed = close::close_batch(
+        &t.db,
+        &symbol,
+        &quote,
+        &[id],
+        close::Mode::Manual,
+        by,
+        &rates,
+        &digits,
+    )
+    .await?;
+    if closed.is_empty() {
+        return Err(TradingError::Conflict(format!(
+            "position {id} is already closed"
+        )));
+    }
+    super::calm::forget(t, &[id]).await;
+    tracing::info!(position_id = id, by, "position {id} closed manually");
+    get_position(&t.db, id).await
+}
+
+/// Write a price to the cache, normalised to the symbol's digits.
+pub async fn set_price(
+    t: &Trading,
+    symbol: &str,
+    bid: Decimal,
+    ask: Decimal,
+    timestamp: Option<DateTime<Utc>>,
+    seq: Option<u64>,
+) -> Result<prices::Quote, TradingError> {
+    let info = super::symbol(&t.db, symbol)
+        .await?
+        .ok_or_else(|| TradingError::NotFound(format!("unknown symbol {symbol:?}")))?;
+    let bid =
+        money::normalise_price(bid, info.dp()).map_err(|m| TradingError::invalid("bid", m))?;
+    let ask =
+        money::normalise_price(ask, info.dp()).map_err(|m| TradingError::invalid("ask", m))?;
+    prices::validate(bid, ask).map_err(|(f, m)| TradingError::invalid(f, m))?;
+    let timestamp = timestamp.unwrap_or_else(Utc::now);
+    let quote = prices::NewQuote {
+        bid,
+        ask,
+        timestamp,
+        seq,
+    };
+    let mut conn = t.redis.manager();
+    match prices::write(&mut conn, &t.keys, symbol, &quote).await? {
+        prices::Written::Stored(seq) => Ok(prices::Quote {
+            bid,
+            ask,
+            timestamp,
+            seq,
+        }),
+        prices::Written::NotNewer { cached } => Err(TradingError::invalid(
+            "seq",
+            format!("the cache already holds seq {cached}; a quote must carry a higher one"),
+        )),
+    }
+}
+
+/// Read a cached price (as cached, whatever its age).
+pub async fn get_price(t: &Trading, symbol: &str) -> Result<prices::Quote, TradingError> {
+    let mut conn = t.redis.manager();
+    match prices::read(&mut conn, &t.keys, symbol).await? {
+        Ok(q) => Ok(q),
+        Err(why) => Err(TradingError::NotFound(format!("{symbol}: {why}"))),
+    }
+}
