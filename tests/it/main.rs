@@ -4,4 +4,6 @@
 mod helpers;
 mod processes;
 mod queue;
+mod trading;
+mod trading_api;
 mod web;
