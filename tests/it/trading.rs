@@ -712,3 +712,74 @@ async fn a_stale_sequence_number_never_replaces_a_newer_quote(db: PgPool) {
     fields.sort();
     assert_eq!(fields, ["ask", "bid", "seq", "timestamp"]);
 }
+
+#[sqlx::test(migrator = "halol::MIGRATOR")]
+async fn a_scheduled_sweep_fans_out_per_symbol_and_a_worker_process_closes_the_position(
+    db: PgPool,
+) {
+    use halol::queue::{NewJob, Producer};
+    use halol_jobs::{CheckSlTpPositions, CheckSlTpSymbol, Job as _};
+
+    let t = trading(db.clone(), pool().await);
+    seed(&t).await;
+    let id = position(&t, 1001, "EURUSD", "buy", "1.10000", Some("1.09500"), None).await;
+    quote(&t, "EURUSD", "1.09400", "1.09410").await;
+    let settings = crate::helpers::settings(|_| {});
+    let tick = Utc::now();
+    let job = || {
+        let mut j = NewJob::new(
+            serde_json::to_string(&CheckSlTpPositions { tick }).expect("json"),
+            1,
+        );
+        j.id = ulid::Ulid::new().to_string();
+        j
+    };
+    let producer = Producer::new(t.redis.manager(), settings.clone());
+    // The same tick delivered twice (at-least-once) fans out once.
+    producer
+        .push(CheckSlTpPositions::NAME, &[job(), job()])
+        .await
+        .expect("push");
+
+    let url = format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        db.connect_options().get_database().expect("db name")
+    );
+    let namespace = t.keys.price("").trim_end_matches("price:").to_owned();
+    let mut cmd = crate::helpers::halol(
+        &[
+            "worker",
+            "--queues",
+            "check_sl_tp_positions=1,check_sl_tp_symbol=2",
+        ],
+        &settings.prefix,
+        &crate::helpers::redis_url(),
+    );
+    cmd.env("DATABASE_URL", url)
+        .env("REDIS_KEY_NAMESPACE", namespace);
+    let _worker = crate::helpers::Proc::spawn(cmd);
+
+    crate::helpers::eventually(
+        Duration::from_secs(20),
+        "the sweep to close the position",
+        || async { (row(&t, id).await.status == "closed").then_some(()) },
+    )
+    .await;
+    let fan_out =
+        crate::helpers::eventually(Duration::from_secs(10), "both ticks done", || async {
+            let s = crate::helpers::stats(&t.redis, &settings, CheckSlTpPositions::NAME).await;
+            (crate::helpers::counter(&s, "done") == 2).then_some(())
+        });
+    fan_out.await;
+    let per_symbol = crate::helpers::stats(&t.redis, &settings, CheckSlTpSymbol::NAME).await;
+    assert_eq!(
+        (
+            crate::helpers::counter(&per_symbol, "enqueued"),
+            crate::helpers::counter(&per_symbol, "deduplicated")
+        ),
+        (3, 3),
+        "one job per symbol (3), however often the tick ran: {per_symbol:?}"
+    );
+    assert_eq!(row(&t, id).await.close_reason.as_deref(), Some("sl"));
+    crate::helpers::cleanup(&t.redis, &settings).await;
+}
