@@ -74,20 +74,18 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.is_client_error() || status.is_server_error() {
-        if !is_json {
-            let mut replacement = AppError::Status(
-                status,
-                status.canonical_reason().unwrap_or("error").to_lowercase(),
-            )
-            .into_response();
-            if let Some(v) = response.headers().get(axum::http::header::WWW_AUTHENTICATE) {
-                replacement
-                    .headers_mut()
-                    .insert(axum::http::header::WWW_AUTHENTICATE, v.clone());
-            }
-            return replacement;
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let mut replacement = AppError::Status(
+            status,
+            status.canonical_reason().unwrap_or("error").to_lowercase(),
+        )
+        .into_response();
+        if let Some(v) = response.headers().get(axum::http::header::WWW_AUTHENTICATE) {
+            replacement
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, v.clone());
         }
+        return replacement;
     }
     response
 }

@@ -124,7 +124,7 @@ async fn unknown_routes_and_oversized_bodies_get_json_errors() {
     let (status, body) = call(state.clone(), get("/nowhere")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].is_string());
-    let big = Request::post(format!("/admin/queues/noop/dead/1-0/retry"))
+    let big = Request::post("/admin/queues/noop/dead/1-0/retry")
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
         .header(header::CONTENT_LENGTH, "4096")
         .body(Body::from(vec![b'x'; 4096]))
