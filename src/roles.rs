@@ -140,10 +140,27 @@ pub async fn dev(config: &Config) -> anyhow::Result<()> {
          metrics /metrics, readiness /readyz; Ctrl-C stops everything",
         port = config.port
     );
+    // A role that ends on its own (web cannot bind PORT, Redis never came up) cancels the
+    // others, which then drain as on Ctrl-C, and `dev` exits with that role's error. With a
+    // plain `join!` the failed role was only reported after Ctrl-C, leaving a half-running
+    // system behind a healthy-looking process.
+    let ends_all = |role: &'static str, result: anyhow::Result<()>| {
+        if stop.is_cancelled() {
+            return result.context(role);
+        }
+        stop.cancel();
+        let e = result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("stopped before the shutdown signal"))
+            .context(role);
+        // Reported once, by `main`, when `dev` returns it.
+        tracing::info!(role, "{role} ended; stopping the other roles");
+        Err(e)
+    };
     let (web, worker, scheduler) = tokio::join!(
-        web(&config, signal()).map(|r| r.context("web")),
-        worker(&config, None, signal()).map(|r| r.context("worker")),
-        scheduler(&config, stop.clone()).map(|r| r.context("scheduler")),
+        web(&config, signal()).map(|r| ends_all("web", r)),
+        worker(&config, None, signal()).map(|r| ends_all("worker", r)),
+        scheduler(&config, stop.clone()).map(|r| ends_all("scheduler", r)),
     );
     web.and(worker).and(scheduler)
 }

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use super::{Keys, QueueError, RedisQueue, inspect};
 
+/// Most tasks one `list_tasks` page returns.
+const MAX_PAGE_SIZE: u32 = 1_000;
+
 /// JSON codec between a job and its exposed form.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonCodec;
@@ -93,7 +96,12 @@ async fn list(
     filter: &Filter,
 ) -> Result<Vec<Task<Value>>, QueueError> {
     let mut conn = q.redis().manager();
-    let want = (filter.offset() + filter.limit()) as usize;
+    // Not `Filter::offset()`: it computes `(page - 1) * size` unchecked, so a caller's page 0
+    // panics in debug builds and wraps in release. Page 0 reads as page 1, and a page is
+    // capped so that one call cannot read a whole backlog.
+    let limit = filter.limit().clamp(1, MAX_PAGE_SIZE) as usize;
+    let offset = (filter.page.max(1) as usize - 1).saturating_mul(limit);
+    let want = offset.saturating_add(limit);
     let (records, status) = match filter.status.clone().unwrap_or(Status::Pending) {
         Status::Done => (inspect::history(&mut conn, keys, want).await?, Status::Done),
         s @ (Status::Failed | Status::Killed) => {
@@ -103,7 +111,7 @@ async fn list(
     };
     Ok(records
         .into_iter()
-        .skip(filter.offset() as usize)
+        .skip(offset)
         .map(|r| to_task(r, status.clone()))
         .collect())
 }

@@ -1,4 +1,4 @@
-//! The queue backend under an in-process apalis worker.
+//! The queue backend under in-process apalis workers, and its apalis expose traits.
 
 use std::{
     sync::{Arc, Mutex},
@@ -7,8 +7,9 @@ use std::{
 
 use apalis::layers::WorkerBuilderExt as _;
 use apalis_core::{
+    backend::{Filter, ListAllTasks, ListQueues, ListTasks, ListWorkers, Metrics, Statistic},
     error::BoxDynError,
-    task::{attempt::Attempt, data::Data},
+    task::{Task, attempt::Attempt, data::Data, status::Status},
     worker::builder::WorkerBuilder,
 };
 use halol::queue::{NewJob, Producer, QueueSettings, RedisQueue, inspect};
@@ -365,5 +366,262 @@ async fn a_second_push_with_the_same_idempotency_key_is_dropped_and_delayed_jobs
         "the delayed job waited"
     );
     stop.cancel();
+    cleanup(&pool, &settings).await;
+}
+
+/// A job that takes a while: longer than a short lease, well inside its own timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slow {
+    n: u64,
+    sleep_ms: u64,
+}
+
+impl Job for Slow {
+    const NAME: &'static str = "it_slow";
+    const MAX_ATTEMPTS: u32 = 3;
+    const TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+type Runs = Arc<Mutex<Vec<(u64, usize, Instant)>>>;
+
+async fn slow(job: Slow, runs: Data<Runs>, attempt: Attempt) -> Result<(), BoxDynError> {
+    runs.lock()
+        .expect("lock")
+        .push((job.n, attempt.current(), Instant::now()));
+    tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+    Ok(())
+}
+
+fn start_slow(pool: &RedisPool, settings: &Arc<QueueSettings>, runs: Runs) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let worker = WorkerBuilder::new(format!("it-{}", ulid::Ulid::new()))
+        .backend(RedisQueue::<Slow>::new(pool.clone(), settings.clone()))
+        .concurrency(1)
+        .data(runs)
+        .build(slow);
+    let until = stop.clone();
+    tokio::spawn(worker.run_until(async move {
+        until.cancelled().await;
+        Ok::<(), std::io::Error>(())
+    }));
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_running_four_times_its_lease_keeps_it_renewed_and_runs_exactly_once() {
+    let pool = pool().await;
+    let lease = Duration::from_secs(2);
+    let settings = settings(|s| {
+        s.lease = lease;
+        s.reclaim_interval = Duration::from_millis(100);
+    });
+    let runs = Runs::default();
+    let stops = [
+        start_slow(&pool, &settings, runs.clone()),
+        start_slow(&pool, &settings, runs.clone()),
+    ];
+    eventually(
+        Duration::from_secs(10),
+        "both workers to register",
+        || async { (stats(&pool, &settings, Slow::NAME).await.workers == 2).then_some(()) },
+    )
+    .await;
+    let producer = Producer::new(pool.manager(), settings.clone());
+    let payload = serde_json::to_string(&Slow {
+        n: 1,
+        sleep_ms: (lease * 4).as_millis() as u64,
+    })
+    .expect("encode");
+    producer
+        .push(Slow::NAME, &[NewJob::new(payload, Slow::MAX_ATTEMPTS)])
+        .await
+        .expect("push");
+
+    eventually(Duration::from_secs(30), "the job to complete", || async {
+        (counter(&stats(&pool, &settings, Slow::NAME).await, "done") == 1).then_some(())
+    })
+    .await;
+    let finished = Instant::now();
+
+    let runs = runs.lock().expect("lock").clone();
+    assert_eq!(
+        runs.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+        vec![(1, 1)],
+        "one run, first attempt"
+    );
+    assert!(
+        finished - runs[0].2 >= lease * 4,
+        "the job outlived its lease four times"
+    );
+    let s = stats(&pool, &settings, Slow::NAME).await;
+    assert_eq!(
+        (
+            counter(&s, "reclaimed"),
+            counter(&s, "stale_acks"),
+            s.dead,
+            s.ready,
+            s.in_flight
+        ),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    for stop in stops {
+        stop.cancel();
+    }
+    cleanup(&pool, &settings).await;
+}
+
+fn page(status: Option<Status>, page: u32, size: u32) -> Filter {
+    Filter {
+        status,
+        page,
+        page_size: Some(size),
+    }
+}
+
+fn stat_of(stats: &[Statistic], title: &str) -> String {
+    stats
+        .iter()
+        .find(|s| s.title == title)
+        .map(|s| s.value.clone())
+        .unwrap_or_else(|| panic!("no statistic {title} in {stats:?}"))
+}
+
+fn ns(tasks: &[Task<serde_json::Value>]) -> Vec<u64> {
+    let mut ns: Vec<u64> = tasks
+        .iter()
+        .map(|t| t.args["n"].as_u64().expect("n"))
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apalis_expose_traits_report_ready_done_and_dead_jobs_and_live_workers() {
+    let pool = pool().await;
+    let settings = settings(|_| {});
+    let producer = Producer::new(pool.manager(), settings.clone());
+    let queue = RedisQueue::<Work>::new(pool.clone(), settings.clone());
+    let stop = start(&pool, &settings, 2, Arc::new(Recorder::default()));
+    let mut dying = job(3, Mode::Fail);
+    dying.max_attempts = 1;
+    let finishing = [job(1, Mode::Succeed), job(2, Mode::Succeed)];
+    let mut finishing_ids: Vec<String> = finishing.iter().map(|j| j.id.clone()).collect();
+    finishing_ids.sort_unstable();
+    producer
+        .push(
+            Work::NAME,
+            &[finishing[0].clone(), finishing[1].clone(), dying],
+        )
+        .await
+        .expect("push");
+    eventually(Duration::from_secs(20), "two done, one dead", || async {
+        let s = stats(&pool, &settings, Work::NAME).await;
+        (counter(&s, "done") == 2 && s.dead == 1).then_some(())
+    })
+    .await;
+
+    let workers = queue.list_workers().await.expect("workers");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0].queue, Work::NAME);
+    assert!(workers[0].started_at > 0 && workers[0].last_heartbeat >= workers[0].started_at);
+    let all_workers = queue.list_all_workers().await.expect("all workers");
+    assert_eq!(
+        all_workers.iter().map(|w| &w.id).collect::<Vec<_>>(),
+        vec![&workers[0].id]
+    );
+    stop.cancel();
+    eventually(
+        Duration::from_secs(20),
+        "the worker to deregister",
+        || async {
+            queue
+                .list_workers()
+                .await
+                .expect("workers")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    producer
+        .push(
+            Work::NAME,
+            &(4..=6).map(|n| job(n, Mode::Succeed)).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("push");
+
+    let queues = queue.list_queues().await.expect("queues");
+    let mut names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+    names.sort_unstable();
+    let mut expected: Vec<&str> = halol_jobs::QUEUES.to_vec();
+    expected.push(Work::NAME);
+    expected.sort_unstable();
+    assert_eq!(names, expected, "registered and known queues");
+    let ours = queues
+        .iter()
+        .find(|q| q.name == Work::NAME)
+        .expect("our queue");
+    assert!(ours.workers.is_empty(), "{ours:?}");
+    for (title, value) in [
+        ("ready", "3"),
+        ("in_flight", "0"),
+        ("dead", "1"),
+        ("total_done", "2"),
+        ("total_enqueued", "6"),
+    ] {
+        assert_eq!(stat_of(&ours.stats, title), value, "{title}");
+    }
+
+    let ready = queue.list_tasks(&page(None, 1, 10)).await.expect("ready");
+    assert_eq!(ns(&ready), vec![4, 5, 6]);
+    assert!(ready.iter().all(|t| t.ctx().status() == Status::Pending
+        && t.ctx().attempt() == 0
+        && t.ctx().max_attempts() == Some(3)
+        && t.ctx().task_id().is_some()));
+    let second_page = queue.list_tasks(&page(None, 2, 2)).await.expect("page 2");
+    assert_eq!(ns(&second_page), vec![6], "oldest first, paged");
+    let page_zero = queue.list_tasks(&page(None, 0, 2)).await.expect("page 0");
+    assert_eq!(ns(&page_zero), vec![4, 5], "page 0 reads as the first page");
+    let done = queue
+        .list_tasks(&page(Some(Status::Done), 1, 10))
+        .await
+        .expect("done");
+    let mut done_ids: Vec<String> = done
+        .iter()
+        .map(|t| t.ctx().task_id().expect("id").to_string())
+        .collect();
+    done_ids.sort_unstable();
+    assert_eq!(done_ids, finishing_ids, "history names the finished jobs");
+    assert!(
+        done.iter()
+            .all(|t| t.ctx().status() == Status::Done && t.ctx().attempt() == 1)
+    );
+    let dead = queue
+        .list_tasks(&page(Some(Status::Failed), 1, 10))
+        .await
+        .expect("dead");
+    assert_eq!(ns(&dead), vec![3], "dead letters keep their payload");
+    assert_eq!(dead[0].ctx().status(), Status::Failed);
+    let everywhere = queue
+        .list_all_tasks(&page(None, 1, 10))
+        .await
+        .expect("all tasks");
+    assert_eq!(ns(&everywhere), vec![4, 5, 6], "no other queue has jobs");
+
+    let by_queue = queue.fetch_by_queue().await.expect("queue metrics");
+    let global = queue.global().await.expect("global metrics");
+    for stats in [&by_queue, &global] {
+        assert_eq!(
+            (
+                stat_of(stats, "ready"),
+                stat_of(stats, "dead"),
+                stat_of(stats, "total_done"),
+                stat_of(stats, "workers")
+            ),
+            ("3".into(), "1".into(), "2".into(), "0".into())
+        );
+    }
     cleanup(&pool, &settings).await;
 }
