@@ -52,6 +52,14 @@ enum Command {
     /// Back office: put a position in or out of calm mode.
     #[command(subcommand)]
     Calm(halol::cli::CalmCmd),
+    /// Back office: the bot strategy catalogue.
+    #[command(subcommand)]
+    Strategy(halol::cli::StrategyCmd),
+    /// Back office: create and revoke bot API keys.
+    #[command(subcommand)]
+    BotKey(halol::cli::BotKeyCmd),
+    /// Central bot commands: pause-all, resume-all, emergency-stop, clear-emergency.
+    Bots(halol::cli::BotsCmd),
 }
 
 fn main() -> ExitCode {
@@ -94,5 +102,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Position(c) => halol::cli::run(&config, halol::cli::Admin::Position(c)).await,
         Command::Price(c) => halol::cli::run(&config, halol::cli::Admin::Price(c)).await,
         Command::Calm(c) => halol::cli::run(&config, halol::cli::Admin::Calm(c)).await,
+        Command::Strategy(c) => halol::cli::run(&config, halol::cli::Admin::Strategy(c)).await,
+        Command::BotKey(c) => halol::cli::run(&config, halol::cli::Admin::BotKey(c)).await,
+        Command::Bots(c) => halol::cli::run(&config, halol::cli::Admin::Bots(c)).await,
     }
 }

@@ -12,7 +12,8 @@ use anyhow::{Context as _, bail};
 use apalis::layers::WorkerBuilderExt as _;
 use apalis_core::{monitor::Monitor, worker::builder::WorkerBuilder};
 use halol_jobs::{
-    CheckSlTpPositions, CheckSlTpSymbol, Job, Noop, TrimRetention, UpdatePositionPrices,
+    CheckBotHeartbeats, CheckSlTpPositions, CheckSlTpSymbol, Job, Noop, SyncBotKeys, TrimRetention,
+    UpdatePositionPrices,
 };
 use sqlx::PgPool;
 
@@ -151,6 +152,16 @@ pub fn monitor(state: &AppState, specs: &[QueueSpec]) -> Monitor {
                 TrimRetention,
                 handlers::trim_retention::handle
             ),
+            CheckBotHeartbeats::NAME => register!(
+                monitor,
+                state,
+                spec,
+                CheckBotHeartbeats,
+                handlers::bots::check_heartbeats
+            ),
+            SyncBotKeys::NAME => {
+                register!(monitor, state, spec, SyncBotKeys, handlers::bots::sync_keys)
+            }
             Noop::NAME => register!(monitor, state, spec, Noop, handlers::noop::handle),
             other => {
                 tracing::error!("no handler for queue {other}");

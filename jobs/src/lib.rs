@@ -12,7 +12,8 @@ mod periodic;
 pub use job::Job;
 pub use noop::Noop;
 pub use periodic::{
-    CheckSlTpPositions, CheckSlTpSymbol, Periodic, TrimRetention, UpdatePositionPrices,
+    CheckBotHeartbeats, CheckSlTpPositions, CheckSlTpSymbol, Periodic, SyncBotKeys, TrimRetention,
+    UpdatePositionPrices,
 };
 
 /// Every queue a worker consumes by default, by its stable name.
@@ -21,5 +22,7 @@ pub const QUEUES: &[&str] = &[
     CheckSlTpSymbol::NAME,
     UpdatePositionPrices::NAME,
     TrimRetention::NAME,
+    CheckBotHeartbeats::NAME,
+    SyncBotKeys::NAME,
     Noop::NAME,
 ];

@@ -89,3 +89,44 @@ impl Job for CheckSlTpSymbol {
     const MAX_ATTEMPTS: u32 = 1;
     const TIMEOUT: Duration = Duration::from_secs(10);
 }
+
+/// Read every live bot's heartbeat, record it, mark DOWN bots, apply the drawdown guard and
+/// publish what changed (every 5 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckBotHeartbeats {
+    /// The schedule tick this pass belongs to.
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for CheckBotHeartbeats {
+    const NAME: &'static str = "check_bot_heartbeats";
+    // Superseded by the next tick 5 s later.
+    const MAX_ATTEMPTS: u32 = 1;
+    const TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Periodic for CheckBotHeartbeats {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}
+
+/// Rewrite the server heartbeat and config-version keys of every live account from PostgreSQL
+/// (every 30 s): keeps them inside their TTLs and rebuilds them after Redis loses them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncBotKeys {
+    /// The schedule tick this pass belongs to.
+    pub tick: DateTime<Utc>,
+}
+
+impl Job for SyncBotKeys {
+    const NAME: &'static str = "sync_bot_keys";
+    const MAX_ATTEMPTS: u32 = 1;
+    const TIMEOUT: Duration = Duration::from_secs(25);
+}
+
+impl Periodic for SyncBotKeys {
+    fn for_tick(tick: DateTime<Utc>) -> Self {
+        Self { tick }
+    }
+}

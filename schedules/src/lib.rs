@@ -8,7 +8,10 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use halol_jobs::{CheckSlTpPositions, Periodic, TrimRetention, UpdatePositionPrices};
+use halol_jobs::{
+    CheckBotHeartbeats, CheckSlTpPositions, Periodic, SyncBotKeys, TrimRetention,
+    UpdatePositionPrices,
+};
 
 /// One periodic job: when it fires and what it enqueues.
 #[derive(Debug, Clone)]
@@ -66,6 +69,9 @@ pub fn all() -> Vec<PeriodicJob> {
         PeriodicJob::new::<CheckSlTpPositions>("check_sl_tp_positions", "*/5 * * * * *"),
         PeriodicJob::new::<UpdatePositionPrices>("update_position_prices", "*/30 * * * * *"),
         PeriodicJob::new::<TrimRetention>("trim_retention", "0 */5 * * * *"),
+        PeriodicJob::new::<CheckBotHeartbeats>("check_bot_heartbeats", "*/5 * * * * *"),
+        // Offset from the 30 s revaluation so the two do not start together.
+        PeriodicJob::new::<SyncBotKeys>("sync_bot_keys", "15,45 * * * * *"),
     ]
     .into_iter()
     .collect::<Result<Vec<_>, _>>()

@@ -57,6 +57,11 @@ impl CacheKeys {
         }
     }
 
+    /// The namespace (empty in production).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// `price:{SYMBOL}`.
     pub fn price(&self, symbol: &str) -> String {
         format!("{}price:{symbol}", self.namespace)

@@ -1,6 +1,7 @@
 //! The web role: health, metrics, and the admin queue dashboard. Every error is JSON.
 
 mod admin;
+mod bot_api;
 mod error;
 mod health;
 mod metrics;
@@ -47,7 +48,9 @@ pub fn router(state: WebState, request_timeout: Duration, body_limit: usize) -> 
         .merge(health::router())
         .merge(metrics::router())
         .merge(admin::router(admin_token.clone()))
-        .merge(trading::router(admin_token))
+        .merge(trading::router(admin_token.clone()))
+        .merge(bot_api::admin_router(admin_token))
+        .merge(bot_api::bot_router())
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -65,10 +65,10 @@ impl From<TradingError> for AppError {
 }
 
 /// A JSON object body whose fields are read one by one, each refusal naming its field.
-struct Body(Map<String, Value>);
+pub(super) struct Body(Map<String, Value>);
 
 impl Body {
-    fn parse(
+    pub(super) fn parse(
         body: Result<Json<Value>, JsonRejection>,
         allowed: &[&'static str],
     ) -> Result<Self, AppError> {
@@ -88,7 +88,10 @@ impl Body {
     }
 
     /// `Some(None)` for an explicit `null`, `None` when absent.
-    fn nullable_decimal(&self, field: &'static str) -> Result<Option<Option<Decimal>>, AppError> {
+    pub(super) fn nullable_decimal(
+        &self,
+        field: &'static str,
+    ) -> Result<Option<Option<Decimal>>, AppError> {
         match self.0.get(field) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
@@ -96,18 +99,18 @@ impl Body {
         }
     }
 
-    fn decimal(&self, field: &'static str) -> Result<Option<Decimal>, AppError> {
+    pub(super) fn decimal(&self, field: &'static str) -> Result<Option<Decimal>, AppError> {
         Ok(self.nullable_decimal(field)?.flatten())
     }
 
-    fn required<T>(&self, field: &'static str, v: Option<T>) -> Result<T, AppError> {
+    pub(super) fn required<T>(&self, field: &'static str, v: Option<T>) -> Result<T, AppError> {
         v.ok_or(AppError::Invalid {
             field,
             message: "is required".into(),
         })
     }
 
-    fn string(&self, field: &'static str) -> Result<Option<String>, AppError> {
+    pub(super) fn string(&self, field: &'static str) -> Result<Option<String>, AppError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -115,7 +118,7 @@ impl Body {
         }
     }
 
-    fn integer(&self, field: &'static str) -> Result<Option<i64>, AppError> {
+    pub(super) fn integer(&self, field: &'static str) -> Result<Option<i64>, AppError> {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n
@@ -131,7 +134,74 @@ impl Body {
         }
     }
 
-    fn timestamp(&self, field: &'static str) -> Result<Option<DateTime<Utc>>, AppError> {
+    /// `Some(None)` for an explicit `null`, `None` when absent, else `read`.
+    pub(super) fn nullable<T>(
+        &self,
+        field: &'static str,
+        read: impl Fn(&Self, &'static str) -> Result<Option<T>, AppError>,
+    ) -> Result<Option<Option<T>>, AppError> {
+        match self.0.get(field) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(_) => read(self, field).map(Some),
+        }
+    }
+
+    pub(super) fn boolean(&self, field: &'static str) -> Result<Option<bool>, AppError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(invalid(
+                field,
+                format!("must be true or false, got {other}"),
+            )),
+        }
+    }
+
+    pub(super) fn strings(&self, field: &'static str) -> Result<Option<Vec<String>>, AppError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        invalid(field, format!("must be a list of strings, got {v}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(invalid(
+                field,
+                format!("must be a list of strings, got {other}"),
+            )),
+        }
+    }
+
+    pub(super) fn integers(&self, field: &'static str) -> Result<Option<Vec<i64>>, AppError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_i64().ok_or_else(|| {
+                        invalid(field, format!("must be a list of integers, got {v}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(invalid(
+                field,
+                format!("must be a list of integers, got {other}"),
+            )),
+        }
+    }
+
+    /// The field as given (validated by the operation).
+    pub(super) fn raw(&self, field: &'static str) -> Option<Value> {
+        self.0.get(field).filter(|v| !v.is_null()).cloned()
+    }
+
+    pub(super) fn timestamp(&self, field: &'static str) -> Result<Option<DateTime<Utc>>, AppError> {
         self.string(field)?
             .map(|s| {
                 DateTime::parse_from_rfc3339(&s)

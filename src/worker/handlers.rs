@@ -1,5 +1,6 @@
 //! One module per job: `handle(job, state)`. Handlers are idempotent: delivery is at least once.
 
+pub mod bots;
 pub mod check_sl_tp_positions;
 pub mod check_sl_tp_symbol;
 pub mod noop;
