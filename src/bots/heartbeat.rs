@@ -332,6 +332,8 @@ pub async fn check(t: &Trading, now: DateTime<Utc>) -> Result<Pass, TradingError
         .bind(&at)
         .fetch_all(&mut *tx)
         .await?;
+        let mut marked = marked;
+        marked.sort_unstable();
         for mt5 in &marked {
             tracing::warn!(
                 mt5_account_id = mt5,

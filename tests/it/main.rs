@@ -1,6 +1,7 @@
 //! Integration tests against the real Redis (and PostgreSQL where a role needs it). Every test
 //! owns its Redis key prefix; tests that kill Redis start their own `redis-server`.
 
+mod bots;
 mod helpers;
 mod processes;
 mod queue;
