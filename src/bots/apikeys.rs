@@ -22,7 +22,8 @@ pub struct NewKey {
     pub key: String,
 }
 
-fn hash(key: &str) -> Vec<u8> {
+/// SHA-256 of a presented key.
+pub fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 

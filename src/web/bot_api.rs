@@ -7,10 +7,15 @@
 //! probe for accounts). Unknown account or strategy: 404. Every error is JSON.
 //! `ETag` is the config version (`"7"`); `If-None-Match` with it answers 304 with no body.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
+    body::Bytes,
     extract::{Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::Next,
@@ -21,6 +26,54 @@ use serde_json::{Value, json};
 
 use super::{AppError, WebState, trading::Body};
 use crate::bots::{apikeys, commands, config, manage};
+
+/// How long a verified API key is trusted without asking PostgreSQL again: a revocation takes
+/// effect within this time.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_MAX_ENTRIES: usize = 100_000;
+
+/// The web process's cache of verified keys and rendered documents. A document is served from
+/// the cache only while its version is at least the version published in Redis; publishing
+/// happens after commit, so a bot that saw a new version in Redis always gets that version.
+#[derive(Default)]
+pub struct BotCache {
+    keys: RwLock<HashMap<Vec<u8>, (i64, Instant)>>,
+    docs: RwLock<HashMap<(i64, i64), (i64, Bytes)>>,
+}
+
+impl BotCache {
+    fn key(&self, hash: &[u8]) -> Option<i64> {
+        let keys = self.keys.read().ok()?;
+        keys.get(hash)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(mt5, _)| *mt5)
+    }
+
+    fn remember_key(&self, hash: Vec<u8>, mt5: i64) {
+        if let Ok(mut keys) = self.keys.write() {
+            if keys.len() >= CACHE_MAX_ENTRIES {
+                keys.clear();
+            }
+            keys.insert(hash, (mt5, Instant::now()));
+        }
+    }
+
+    fn doc(&self, id: (i64, i64), at_least: i64) -> Option<(i64, Bytes)> {
+        let docs = self.docs.read().ok()?;
+        docs.get(&id).filter(|(v, _)| *v >= at_least).cloned()
+    }
+
+    fn remember_doc(&self, id: (i64, i64), version: i64, body: Bytes) {
+        if let Ok(mut docs) = self.docs.write() {
+            if docs.len() >= CACHE_MAX_ENTRIES {
+                docs.clear();
+            }
+            if docs.get(&id).is_none_or(|(v, _)| *v <= version) {
+                docs.insert(id, (version, body));
+            }
+        }
+    }
+}
 
 /// The bots' routes (their own auth).
 pub(super) fn bot_router() -> Router<WebState> {
@@ -35,6 +88,7 @@ pub(super) fn bot_router() -> Router<WebState> {
             "/api/bot/strategy-config/{mt5}/{strategy}",
             get(strategy_config),
         )
+        .layer(Extension(Arc::new(BotCache::default())))
 }
 
 /// Admin routes for accounts, strategies and commands (admin token).
@@ -67,18 +121,32 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticate the bot and check its scope covers `mt5`.
-async fn authorise(state: &WebState, headers: &HeaderMap, mt5: &str) -> Result<i64, AppError> {
+async fn authorise(
+    state: &WebState,
+    cache: &BotCache,
+    headers: &HeaderMap,
+    mt5: &str,
+) -> Result<i64, AppError> {
     let key = presented_key(headers)
+        .filter(|k| !k.is_empty())
         .ok_or_else(|| AppError::Status(StatusCode::UNAUTHORIZED, "bot API key required".into()))?;
-    let owner = apikeys::verify(&state.db, key)
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?
-        .ok_or_else(|| {
-            AppError::Status(
-                StatusCode::UNAUTHORIZED,
-                "invalid or revoked API key".into(),
-            )
-        })?;
+    let hash = apikeys::hash(key);
+    let owner = match cache.key(&hash) {
+        Some(owner) => owner,
+        None => {
+            let owner = apikeys::verify(&state.db, key)
+                .await
+                .map_err(|e| AppError::Internal(e.into()))?
+                .ok_or_else(|| {
+                    AppError::Status(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid or revoked API key".into(),
+                    )
+                })?;
+            cache.remember_key(hash, owner);
+            owner
+        }
+    };
     match mt5.parse::<i64>() {
         Ok(id) if id == owner => Ok(id),
         _ => Err(AppError::Status(
@@ -99,12 +167,19 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
         .any(|t| t == "*" || t == etag)
 }
 
-fn versioned(headers: &HeaderMap, version: i64, body: Value) -> Response {
+fn versioned(headers: &HeaderMap, version: i64, body: Bytes) -> Response {
     let etag = format!("\"{version}\"");
     let mut response = if not_modified(headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        Json(body).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
     };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -114,32 +189,67 @@ fn versioned(headers: &HeaderMap, version: i64, body: Value) -> Response {
     response
 }
 
+/// The version published in Redis under `key` (0 when unknown or Redis is down).
+async fn published(s: &WebState, key: String) -> i64 {
+    let mut conn = s.redis.manager();
+    redis::cmd("HGET")
+        .arg(key)
+        .arg("version")
+        .query_async::<Option<i64>>(&mut conn)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+fn render(body: &Value) -> Result<Bytes, AppError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| AppError::Internal(e.into()))
+}
+
 async fn trade_config(
     State(s): State<WebState>,
+    Extension(cache): Extension<Arc<BotCache>>,
     Path(mt5): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let mt5 = authorise(&s, &headers, &mt5).await?;
+    let mt5 = authorise(&s, &cache, &headers, &mt5).await?;
+    let id = (mt5, 0);
+    let at_least = published(&s, s.trading.keys.trade_config(mt5)).await;
+    if at_least > 0
+        && let Some((version, body)) = cache.doc(id, at_least)
+    {
+        return Ok(versioned(&headers, version, body));
+    }
     let row = config::account(&s.db, mt5)
         .await
         .map_err(|e| AppError::Internal(e.into()))?
         .ok_or_else(|| AppError::NotFound(format!("no account {mt5}")))?;
-    Ok(versioned(
-        &headers,
-        row.trade_config_version,
-        config::trade_config(&row),
-    ))
+    let body = render(&config::trade_config(&row))?;
+    cache.remember_doc(id, row.trade_config_version, body.clone());
+    Ok(versioned(&headers, row.trade_config_version, body))
 }
 
 async fn strategy_config(
     State(s): State<WebState>,
+    Extension(cache): Extension<Arc<BotCache>>,
     Path((mt5, strategy)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
-    let mt5 = authorise(&s, &headers, &mt5).await?;
+    let mt5 = authorise(&s, &cache, &headers, &mt5).await?;
     let strategy: i64 = strategy
         .parse()
-        .map_err(|_| AppError::NotFound(format!("no strategy {strategy:?}")))?;
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::NotFound(format!("no strategy {strategy:?}")))?;
+    let id = (mt5, strategy);
+    let at_least = published(&s, s.trading.keys.strategy_config(mt5, strategy)).await;
+    if at_least > 0
+        && let Some((version, body)) = cache.doc(id, at_least)
+    {
+        return Ok(versioned(&headers, version, body));
+    }
     let row = config::strategy(&s.db, mt5, strategy)
         .await
         .map_err(|e| AppError::Internal(e.into()))?
@@ -148,11 +258,9 @@ async fn strategy_config(
                 "account {mt5} has no settings for strategy {strategy}"
             ))
         })?;
-    Ok(versioned(
-        &headers,
-        row.version,
-        config::strategy_config(&row),
-    ))
+    let body = render(&config::strategy_config(&row))?;
+    cache.remember_doc(id, row.version, body.clone());
+    Ok(versioned(&headers, row.version, body))
 }
 
 /// Who did it: `X-Admin-Actor` if given, else `admin`.
