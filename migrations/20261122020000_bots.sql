@@ -145,6 +145,17 @@ CREATE TRIGGER account_strategies_version
     BEFORE INSERT OR UPDATE ON account_strategies
     FOR EACH ROW EXECUTE FUNCTION bump_strategy_config_version();
 
+-- Wake the publishers (they LISTEN on this channel) when a change commits, whoever made it.
+CREATE FUNCTION notify_bot_config_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('halol_bot_config', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER bot_config_outbox_notify
+    AFTER INSERT ON bot_config_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_bot_config_outbox();
+
 -- Bot API keys: `hlb_<prefix>_<secret>`; only the SHA-256 of the whole key is kept. The
 -- prefix finds the row, the hash is compared in constant time. Scoped to one account.
 CREATE TABLE bot_api_keys (

@@ -180,7 +180,13 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(queues = ?specs, "worker starting");
-    monitor(&state, &specs)
+    // Publish bot config changes the moment they commit (the scheduled drain is the backstop).
+    let listening = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn(crate::bots::publish::listen(
+        state.trading.clone(),
+        listening.clone(),
+    ));
+    let result = monitor(&state, &specs)
         .shutdown_timeout(shutdown_timeout)
         // Our backend never fails on Redis errors (it retries), so a worker only stops on a
         // bug; restart it under a fresh consumer name rather than leave the queue unserved.
@@ -193,7 +199,10 @@ pub async fn run(
             Ok(())
         })
         .await
-        .context("worker monitor")?;
+        .context("worker monitor");
+    listening.cancel();
+    let _ = listener.await;
+    result?;
     tracing::info!("worker stopped");
     Ok(())
 }

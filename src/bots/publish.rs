@@ -213,3 +213,57 @@ pub async fn refresh_all(t: &Trading) -> Result<Published, TradingError> {
     }
     Ok(total)
 }
+
+/// PostgreSQL channel the outbox trigger notifies on commit.
+pub const NOTIFY_CHANNEL: &str = "halol_bot_config";
+
+/// Publish committed changes as soon as PostgreSQL announces them (any writer, psql included),
+/// until `stop`. Runs in every worker; several publishers share the outbox safely (SKIP LOCKED).
+/// The scheduled drain stays the guarantee: a lost notification only delays a publish.
+pub async fn listen(t: Trading, stop: tokio_util::sync::CancellationToken) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    while !stop.is_cancelled() {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&t.db).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("bot config listener cannot connect: {e}; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!("LISTEN {NOTIFY_CHANNEL} failed: {e}");
+            continue;
+        }
+        backoff = std::time::Duration::from_millis(200);
+        // Changes committed while we were not listening.
+        let _ = drain_outbox(&t).await;
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(_)) => {
+                    if let Err(e) = drain_outbox(&t).await {
+                        tracing::warn!(
+                            "publishing bot config deferred to the scheduled drain: {e}"
+                        );
+                    }
+                }
+                // The connection dropped (notifications may be lost): drain, then re-listen.
+                Ok(None) => {
+                    let _ = drain_outbox(&t).await;
+                }
+                Err(e) => {
+                    tracing::warn!("bot config listener lost its connection: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}

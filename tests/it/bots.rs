@@ -911,3 +911,46 @@ async fn the_admin_api_changes_accounts_and_refuses_bad_input_naming_the_field(d
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[sqlx::test(migrator = "halol::MIGRATOR")]
+async fn a_change_by_any_writer_is_published_at_once_by_the_listening_publisher(db: PgPool) {
+    let t = trading(db, pool().await);
+    seed(&t).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn(publish::listen(t.clone(), stop.clone()));
+    // The initial drain publishes what was committed before it listened.
+    let v = version(&t, 1001).await;
+    crate::helpers::eventually(Duration::from_secs(5), "the initial publish", || async {
+        let got: Option<i64> = t
+            .redis
+            .manager()
+            .hget(t.keys.trade_config(1001), "version")
+            .await
+            .ok()?;
+        (got == Some(v)).then_some(())
+    })
+    .await;
+    // psql-style change: no application code publishes it.
+    sqlx::query("UPDATE trading_accounts SET lot_size = 0.07 WHERE mt5_account_id = 1001")
+        .execute(&t.db)
+        .await
+        .expect("raw change");
+    let started = std::time::Instant::now();
+    crate::helpers::eventually(
+        Duration::from_secs(5),
+        "the NOTIFY-driven publish",
+        || async {
+            let got: Option<i64> = t
+                .redis
+                .manager()
+                .hget(t.keys.trade_config(1001), "version")
+                .await
+                .ok()?;
+            (got == Some(v + 1)).then_some(())
+        },
+    )
+    .await;
+    println!("raw change visible in Redis after {:?}", started.elapsed());
+    stop.cancel();
+    listener.await.expect("listener stops");
+}
