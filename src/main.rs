@@ -37,6 +37,9 @@ enum Command {
     /// Measure the queue: enqueue rate (single and batched) and no-op processing rate of one
     /// worker, against $REDIS_URL under a throwaway key prefix.
     Bench(halol::bench::BenchArgs),
+    /// Measure the bot system: REST req/s and p99 (through `halol web` and oha), change-to-visible
+    /// latency, and the heartbeat pass over many bots, in a throwaway database.
+    BenchBots(halol::bench_bots::BenchBotsArgs),
     /// Back office: create and list symbols.
     #[command(subcommand)]
     Symbol(halol::cli::SymbolCmd),
@@ -97,6 +100,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate => roles::migrate(&config).await,
         Command::Dev => roles::dev(&config).await,
         Command::Bench(args) => halol::bench::run(&config, args).await,
+        Command::BenchBots(args) => halol::bench_bots::run(&config, args).await,
         Command::Symbol(c) => halol::cli::run(&config, halol::cli::Admin::Symbol(c)).await,
         Command::Account(c) => halol::cli::run(&config, halol::cli::Admin::Account(c)).await,
         Command::Position(c) => halol::cli::run(&config, halol::cli::Admin::Position(c)).await,

@@ -20,6 +20,29 @@ pub fn database_url() -> String {
     "postgres://postgres@127.0.0.1:5432/postgres".into()
 }
 
+/// `$DATABASE_URL` (default `halol_test`), created and migrated once per test run, for roles
+/// whose jobs need the schema.
+pub async fn migrated_database_url() -> String {
+    static URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/halol_test".into());
+        halol::db::ensure_database(&url)
+            .await
+            .expect("create test database");
+        let pool = halol::db::connect(&url, 1)
+            .await
+            .expect("connect test database");
+        halol::db::migrate(&pool)
+            .await
+            .expect("migrate test database");
+        pool.close().await;
+        url
+    })
+    .await
+    .clone()
+}
+
 /// Settings under a prefix no other test uses.
 pub fn settings(f: impl FnOnce(&mut QueueSettings)) -> Arc<QueueSettings> {
     let mut s = QueueSettings {

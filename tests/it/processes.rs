@@ -178,11 +178,17 @@ async fn worker_and_scheduler_survive_a_redis_restart_and_carry_on() {
     let mut server = redis_server(port);
     wait_for_redis(&url).await;
     let settings = settings(|_| {});
-    let mut worker = Proc::spawn(halol(
+    // The sweep's fan-out reads the symbols table: the worker needs a migrated database.
+    let mut worker_cmd = halol(
         &["worker", "--queues", "check_sl_tp_positions=2"],
         &settings.prefix,
         &url,
-    ));
+    );
+    worker_cmd.env(
+        "DATABASE_URL",
+        crate::helpers::migrated_database_url().await,
+    );
+    let mut worker = Proc::spawn(worker_cmd);
     let mut scheduler = Proc::spawn(halol(&["scheduler"], &settings.prefix, &url));
     {
         let pool = pool_at(&url).await;
