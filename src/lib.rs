@@ -1,6 +1,7 @@
 //! halol: the background system of Halol Broker (scheduler, workers and a thin web role).
 
 pub mod bench;
+pub mod bench_trading;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -34,9 +34,10 @@ enum Command {
     /// Local development: create the database if missing, migrate, and run web, worker and
     /// scheduler in this one process.
     Dev,
-    /// Measure the queue: enqueue rate (single and batched) and no-op processing rate of one
-    /// worker, against $REDIS_URL under a throwaway key prefix.
-    Bench(halol::bench::BenchArgs),
+    /// Measure the queue (no subcommand): enqueue rate (single and batched) and no-op
+    /// processing rate of one worker, against $REDIS_URL under a throwaway key prefix; or the
+    /// trading core (`sweep`, `revalue`) in a throwaway `halol_bench` database.
+    Bench(Bench),
     /// Back office: create and list symbols.
     #[command(subcommand)]
     Symbol(halol::cli::SymbolCmd),
@@ -52,6 +53,16 @@ enum Command {
     /// Back office: put a position in or out of calm mode.
     #[command(subcommand)]
     Calm(halol::cli::CalmCmd),
+}
+
+/// `halol bench` alone keeps meaning the queue benchmark.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Bench {
+    #[command(subcommand)]
+    suite: Option<halol::bench_trading::Suite>,
+    #[command(flatten)]
+    queue: halol::bench::BenchArgs,
 }
 
 fn main() -> ExitCode {
@@ -88,7 +99,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Scheduler => roles::scheduler(&config, halol::shutdown::token()).await,
         Command::Migrate => roles::migrate(&config).await,
         Command::Dev => roles::dev(&config).await,
-        Command::Bench(args) => halol::bench::run(&config, args).await,
+        Command::Bench(Bench { suite: None, queue }) => halol::bench::run(&config, queue).await,
+        Command::Bench(Bench {
+            suite: Some(suite), ..
+        }) => halol::bench_trading::run(&config, suite).await,
         Command::Symbol(c) => halol::cli::run(&config, halol::cli::Admin::Symbol(c)).await,
         Command::Account(c) => halol::cli::run(&config, halol::cli::Admin::Account(c)).await,
         Command::Position(c) => halol::cli::run(&config, halol::cli::Admin::Position(c)).await,
