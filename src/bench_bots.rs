@@ -1,4 +1,4 @@
-//! `halol bench-bots`: the bot system's figures on this machine, in a throwaway database
+//! `halol bench bots`: the bot system's figures on this machine, in a throwaway database
 //! (`<DATABASE_URL db>_bench_bots`, recreated) and Redis key namespace.
 //!
 //! 1. REST: `GET /api/bot/trade-config/{id}/` with a valid key against a `halol web` process this
@@ -23,7 +23,7 @@ use crate::{
     trading::{CacheKeys, Trading},
 };
 
-/// Options of `halol bench-bots`.
+/// Options of `halol bench bots`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchBotsArgs {
     /// Simulated bots for the heartbeat pass.

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_bots;
+pub mod bench_trading;
 pub mod bots;
 pub mod cli;
 pub mod config;

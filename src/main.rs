@@ -34,12 +34,10 @@ enum Command {
     /// Local development: create the database if missing, migrate, and run web, worker and
     /// scheduler in this one process.
     Dev,
-    /// Measure the queue: enqueue rate (single and batched) and no-op processing rate of one
-    /// worker, against $REDIS_URL under a throwaway key prefix.
-    Bench(halol::bench::BenchArgs),
-    /// Measure the bot system: REST req/s and p99 (through `halol web` and oha), change-to-visible
-    /// latency, and the heartbeat pass over many bots, in a throwaway database.
-    BenchBots(halol::bench_bots::BenchBotsArgs),
+    /// Measure the queue (no subcommand): enqueue rate (single and batched) and no-op
+    /// processing rate of one worker, against $REDIS_URL under a throwaway key prefix; or the
+    /// trading core (`sweep`, `revalue`) or the bot system (`bots`) in throwaway databases.
+    Bench(Bench),
     /// Back office: create and list symbols.
     #[command(subcommand)]
     Symbol(halol::cli::SymbolCmd),
@@ -63,6 +61,25 @@ enum Command {
     BotKey(halol::cli::BotKeyCmd),
     /// Central bot commands: pause-all, resume-all, emergency-stop, clear-emergency.
     Bots(halol::cli::BotsCmd),
+}
+
+/// `halol bench` alone keeps meaning the queue benchmark.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Bench {
+    #[command(subcommand)]
+    suite: Option<BenchSuite>,
+    #[command(flatten)]
+    queue: halol::bench::BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchSuite {
+    #[command(flatten)]
+    Trading(halol::bench_trading::Suite),
+    /// The bot system: REST req/s and p99 (through `halol web` and oha), change-to-visible
+    /// latency, and the heartbeat pass over many bots, in a throwaway database.
+    Bots(halol::bench_bots::BenchBotsArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,8 +116,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Scheduler => roles::scheduler(&config, halol::shutdown::token()).await,
         Command::Migrate => roles::migrate(&config).await,
         Command::Dev => roles::dev(&config).await,
-        Command::Bench(args) => halol::bench::run(&config, args).await,
-        Command::BenchBots(args) => halol::bench_bots::run(&config, args).await,
+        Command::Bench(Bench { suite: None, queue }) => halol::bench::run(&config, queue).await,
+        Command::Bench(Bench {
+            suite: Some(suite), ..
+        }) => match suite {
+            BenchSuite::Trading(suite) => halol::bench_trading::run(&config, suite).await,
+            BenchSuite::Bots(args) => halol::bench_bots::run(&config, args).await,
+        },
         Command::Symbol(c) => halol::cli::run(&config, halol::cli::Admin::Symbol(c)).await,
         Command::Account(c) => halol::cli::run(&config, halol::cli::Admin::Account(c)).await,
         Command::Position(c) => halol::cli::run(&config, halol::cli::Admin::Position(c)).await,
