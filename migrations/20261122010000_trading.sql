@@ -106,8 +106,10 @@ CREATE INDEX positions_unbooked ON positions (id)
 -- waiting for a conversion price.
 CREATE TABLE position_closes (
     position_id      BIGINT PRIMARY KEY REFERENCES positions (id),
-    account_id       BIGINT NOT NULL REFERENCES trading_accounts (id),
-    symbol           TEXT NOT NULL REFERENCES symbols (symbol),
+    -- account, symbol and currencies are copied from the position row (itself constrained);
+    -- no foreign keys of their own, which would only add checks to every close.
+    account_id       BIGINT NOT NULL,
+    symbol           TEXT NOT NULL,
     side             TEXT NOT NULL CHECK (side IN ('buy', 'sell')),
     volume           NUMERIC NOT NULL CHECK (volume > 0),
     open_price       NUMERIC NOT NULL CHECK (open_price > 0),
@@ -120,8 +122,8 @@ CREATE TABLE position_closes (
     closed_by        TEXT NOT NULL,
     -- PnL in the symbol's quote currency (always known at close).
     pnl_quote        NUMERIC NOT NULL,
-    quote_currency   TEXT NOT NULL REFERENCES currencies (code),
-    account_currency TEXT NOT NULL REFERENCES currencies (code),
+    quote_currency   TEXT NOT NULL,
+    account_currency TEXT NOT NULL,
     -- quote -> account rate and the PnL booked to the balance; NULL until a conversion price
     -- is known.
     conversion_rate  NUMERIC CHECK (conversion_rate > 0),

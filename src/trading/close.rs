@@ -89,14 +89,24 @@ async fn try_close(
     money_digits: &HashMap<String, u32>,
 ) -> sqlx::Result<Vec<Closed>> {
     let mut tx = db.begin().await?;
-    // Lock in id order, so two batches never deadlock on each other.
+    // Lock the positions in id order, then their accounts in id order, so two batches (or a
+    // batch and a manual close) never deadlock on each other.
     let rows: Vec<Locked> = sqlx::query_as(
-        "SELECT id, account_id, account_currency, side, volume, contract_size, open_price,
-                stop_loss, take_profit, opened_at
-         FROM positions
-         WHERE id = ANY($1) AND symbol = $2 AND status = 'open'
-         ORDER BY id
-         FOR UPDATE",
+        "WITH locked AS (
+             SELECT id, account_id, account_currency, side, volume, contract_size, open_price,
+                    stop_loss, take_profit, opened_at
+             FROM positions
+             WHERE id = ANY($1) AND symbol = $2 AND status = 'open'
+             ORDER BY id
+             FOR UPDATE),
+         accounts AS (
+             SELECT a.id FROM trading_accounts a
+             WHERE a.id IN (SELECT account_id FROM locked)
+             ORDER BY a.id
+             FOR UPDATE)
+         SELECT locked.* FROM locked
+         WHERE (SELECT count(*) FROM accounts) >= 0
+         ORDER BY id",
     )
     .bind(ids)
     .bind(&symbol.symbol)
@@ -168,47 +178,45 @@ async fn try_close(
         return Ok(closed);
     }
 
-    let updated: Vec<i64> = sqlx::query_scalar(
-        "UPDATE positions p
-         SET status = 'closed', closed_at = $2, close_price = u.close_price,
-             close_reason = u.reason, realised_pnl = u.realised_pnl,
-             realised_pnl_note = u.note
-         FROM unnest($1::bigint[], $3::numeric[], $4::text[], $5::numeric[], $6::text[])
-              AS u(id, close_price, reason, realised_pnl, note)
-         WHERE p.id = u.id AND p.status = 'open'
-         RETURNING p.id",
-    )
-    .bind(&record.ids)
-    .bind(now)
-    .bind(&record.close_prices)
-    .bind(&record.reasons)
-    .bind(&record.realised)
-    .bind(&record.notes)
-    .fetch_all(&mut *tx)
-    .await?;
-    if updated.len() != record.ids.len() {
-        // Impossible while we hold the row locks; refuse to book anything half-done.
-        tx.rollback().await?;
-        return Err(sqlx::Error::Protocol(format!(
-            "closed {} of {} locked positions",
-            updated.len(),
-            record.ids.len()
-        )));
+    let mut deltas: BTreeMap<i64, Decimal> = BTreeMap::new();
+    for c in &closed {
+        if let Some(pnl) = c.realised_pnl {
+            *deltas.entry(c.account_id).or_default() += pnl;
+        }
     }
-
-    sqlx::query(
-        "INSERT INTO position_closes
-             (position_id, account_id, symbol, side, volume, open_price, close_price, reason,
-              price_ts, closed_at, closed_by, pnl_quote, quote_currency, account_currency,
-              conversion_rate, realised_pnl, booked_at)
-         SELECT u.id, u.account_id, $2, u.side, u.volume, u.open_price, u.close_price, u.reason,
-                $3, $4, $5, u.pnl_quote, $6, u.account_currency, u.rate, u.realised_pnl,
-                CASE WHEN u.realised_pnl IS NULL THEN NULL ELSE $4 END
-         FROM unnest($1::bigint[], $7::bigint[], $8::text[], $9::numeric[], $10::numeric[],
-                     $11::numeric[], $12::text[], $13::numeric[], $14::text[], $15::numeric[],
-                     $16::numeric[])
-              AS u(id, account_id, side, volume, open_price, close_price, reason, pnl_quote,
-                   account_currency, rate, realised_pnl)",
+    let (delta_ids, delta_amounts): (Vec<i64>, Vec<Decimal>) = deltas.into_iter().unzip();
+    // One statement: close the locked rows, write their close records, book the balances.
+    let (updated, recorded): (i64, i64) = sqlx::query_as(
+        "WITH u AS (
+             SELECT * FROM unnest($1::bigint[], $7::bigint[], $8::text[], $9::numeric[],
+                                  $10::numeric[], $11::numeric[], $12::text[], $13::numeric[],
+                                  $14::text[], $15::numeric[], $16::numeric[], $17::text[])
+                 AS u(id, account_id, side, volume, open_price, close_price, reason, pnl_quote,
+                      account_currency, rate, realised_pnl, note)),
+         closed AS (
+             UPDATE positions p
+             SET status = 'closed', closed_at = $4, close_price = u.close_price,
+                 close_reason = u.reason, realised_pnl = u.realised_pnl,
+                 realised_pnl_note = u.note
+             FROM u WHERE p.id = u.id AND p.status = 'open'
+             RETURNING p.id),
+         recorded AS (
+             INSERT INTO position_closes
+                 (position_id, account_id, symbol, side, volume, open_price, close_price, reason,
+                  price_ts, closed_at, closed_by, pnl_quote, quote_currency, account_currency,
+                  conversion_rate, realised_pnl, booked_at)
+             SELECT u.id, u.account_id, $2, u.side, u.volume, u.open_price, u.close_price,
+                    u.reason, $3, $4, $5, u.pnl_quote, $6, u.account_currency, u.rate,
+                    u.realised_pnl, CASE WHEN u.realised_pnl IS NULL THEN NULL ELSE $4 END
+             FROM u JOIN closed ON closed.id = u.id
+             RETURNING position_id),
+         booked AS (
+             UPDATE trading_accounts a SET balance = a.balance + d.amount, updated_at = now()
+             FROM unnest($18::bigint[], $19::numeric[]) AS d(id, amount)
+             WHERE a.id = d.id
+             RETURNING a.id)
+         SELECT (SELECT count(*) FROM closed), (SELECT count(*) FROM recorded)
+         WHERE (SELECT count(*) FROM booked) >= 0",
     )
     .bind(&record.ids)
     .bind(&symbol.symbol)
@@ -226,16 +234,19 @@ async fn try_close(
     .bind(&record.account_currencies)
     .bind(&record.rates)
     .bind(&record.realised)
-    .execute(&mut *tx)
+    .bind(&record.notes)
+    .bind(&delta_ids)
+    .bind(&delta_amounts)
+    .fetch_one(&mut *tx)
     .await?;
-
-    book(
-        &mut tx,
-        closed
-            .iter()
-            .filter_map(|c| c.realised_pnl.map(|pnl| (c.account_id, pnl))),
-    )
-    .await?;
+    if updated != record.ids.len() as i64 || recorded != updated {
+        // Impossible while we hold the row locks; refuse to book anything half-done.
+        tx.rollback().await?;
+        return Err(sqlx::Error::Protocol(format!(
+            "closed {updated} and recorded {recorded} of {} locked positions",
+            record.ids.len()
+        )));
+    }
     tx.commit().await?;
     Ok(closed)
 }

@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::{
-    SymbolInfo, Trading, TradingError, close, currency_digits, money, prices, rates::Rates,
-};
+use super::{SymbolInfo, Trading, TradingError, close, money, prices, rates::Rates};
 
 /// Most positions closed per transaction.
 const BATCH: i64 = 2_000;
@@ -108,13 +106,13 @@ pub async fn sweep_symbol(
             break;
         }
         if rates.is_none() {
-            let currencies = super::rates::account_currencies(&t.db).await?;
+            let (currencies, money_digits) = super::currencies(&t.db).await?;
             let pairs: Vec<(String, String)> = currencies
                 .into_iter()
                 .map(|a| (symbol.quote_currency.clone(), a))
                 .collect();
             rates = Some(Rates::load(&mut conn, &t.keys, &pairs, now, t.price_max_age).await?);
-            digits = Some(currency_digits(&t.db).await?);
+            digits = Some(money_digits);
         }
         let (Some(rates), Some(digits)) = (&rates, &digits) else {
             break;
