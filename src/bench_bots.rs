@@ -62,7 +62,9 @@ pub async fn run(config: &Config, args: BenchBotsArgs) -> anyhow::Result<()> {
     let db_name = format!("{}_bench_bots", url.path().trim_start_matches('/'));
     url.set_path(&db_name);
     let bench_url = url.to_string();
-    let admin = crate::db::connect(&config.database_url, 1).await?;
+    let mut maintenance = url.clone();
+    maintenance.set_path("/postgres");
+    let admin = crate::db::connect(maintenance.as_str(), 1).await?;
     sqlx::query(&format!(
         "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
     ))
@@ -127,7 +129,8 @@ pub async fn run(config: &Config, args: BenchBotsArgs) -> anyhow::Result<()> {
     let mut raw = Vec::new();
     let mut api = Vec::new();
     for i in 0..args.changes {
-        let lot = format!("0.0{}", 1 + i % 9);
+        // Never the current value (0.01 at first), so every change bumps the version.
+        let lot = format!("0.0{}", 2 + i % 8);
         let started = Instant::now();
         let version: i64 = if i % 2 == 0 {
             sqlx::query_scalar(
