@@ -108,8 +108,9 @@ pub async fn scheduler(
     Ok(())
 }
 
-/// `migrate`.
+/// `migrate` (creates the database first if it is missing).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::ensure_database(&config.database_url).await?;
     let pool = db::connect(&config.database_url, 2).await?;
     db::migrate(&pool).await?;
     tracing::info!("migrations applied to {}", redact(&config.database_url));
@@ -125,7 +126,6 @@ pub async fn dev(config: &Config) -> anyhow::Result<()> {
             "ADMIN_TOKEN unset: dev uses the token `dev-admin-token-change-me` (never use it in production)"
         );
     }
-    db::ensure_database(&config.database_url).await?;
     migrate(&config).await?;
     let stop = crate::shutdown::token();
     let signal = {

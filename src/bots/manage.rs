@@ -62,6 +62,26 @@ fn percent(field: &'static str, v: Decimal) -> Result<(), TradingError> {
     }
 }
 
+/// Refuse `symbols` naming `field` if one is not in the catalogue.
+async fn known_symbols(
+    tx: &mut sqlx::PgConnection,
+    field: &'static str,
+    symbols: &[String],
+) -> Result<(), TradingError> {
+    let known: Vec<String> =
+        sqlx::query_scalar("SELECT symbol FROM symbols WHERE symbol = ANY($1)")
+            .bind(symbols)
+            .fetch_all(tx)
+            .await?;
+    match symbols.iter().find(|s| !known.contains(s)) {
+        Some(unknown) => Err(TradingError::invalid(
+            field,
+            format!("unknown symbol {unknown:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Apply `patch` to account `mt5` as `actor`.
 pub async fn update_account(
     t: &Trading,
@@ -112,17 +132,7 @@ pub async fn update_account(
         )));
     }
     if let Some(symbols) = &patch.enabled_symbols {
-        let known: Vec<String> =
-            sqlx::query_scalar("SELECT symbol FROM symbols WHERE symbol = ANY($1)")
-                .bind(symbols)
-                .fetch_all(&mut *tx)
-                .await?;
-        if let Some(unknown) = symbols.iter().find(|s| !known.contains(s)) {
-            return Err(TradingError::invalid(
-                "enabled_symbols",
-                format!("unknown symbol {unknown:?}"),
-            ));
-        }
+        known_symbols(&mut tx, "enabled_symbols", symbols).await?;
     }
     if let Some(Some(bot)) = patch.active_bot_id {
         let exists: bool =
@@ -331,17 +341,7 @@ pub async fn set_account_strategy(
         )));
     }
     if let Some(symbols) = &patch.allowed_symbols {
-        let known: Vec<String> =
-            sqlx::query_scalar("SELECT symbol FROM symbols WHERE symbol = ANY($1)")
-                .bind(symbols)
-                .fetch_all(&mut *tx)
-                .await?;
-        if let Some(unknown) = symbols.iter().find(|s| !known.contains(s)) {
-            return Err(TradingError::invalid(
-                "allowed_symbols",
-                format!("unknown symbol {unknown:?}"),
-            ));
-        }
+        known_symbols(&mut tx, "allowed_symbols", symbols).await?;
     }
     sqlx::query(
         "INSERT INTO account_strategies (account_id, strategy_id, status, allowed_symbols,

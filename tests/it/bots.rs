@@ -13,11 +13,9 @@ use halol::{
     bots::{apikeys, commands, heartbeat, manage, publish},
     trading::Trading,
 };
-use http_body_util::BodyExt as _;
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt as _;
 
 use crate::{
     helpers::pool,
@@ -58,26 +56,7 @@ async fn send(
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
-    let response = halol::web::router(state(t), Duration::from_secs(5), 64 * 1024)
-        .oneshot(req)
-        .await
-        .expect("response");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            Value::String(format!("not json: {}", String::from_utf8_lossy(&bytes)))
-        })
-    };
-    (status, headers, value)
+    crate::helpers::call_router(state(t), req).await
 }
 
 async fn version(t: &Trading, mt5: i64) -> i64 {

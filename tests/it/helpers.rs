@@ -43,6 +43,40 @@ pub async fn migrated_database_url() -> String {
     .clone()
 }
 
+/// Send `req` through the whole web router (5 s timeout, 64 KiB body limit) and return the
+/// status, headers and JSON body (`null` when empty, a `"not json: ..."` string otherwise).
+pub async fn call_router(
+    state: halol::web::WebState,
+    req: axum::http::Request<axum::body::Body>,
+) -> (
+    axum::http::StatusCode,
+    axum::http::HeaderMap,
+    serde_json::Value,
+) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let response = halol::web::router(state, Duration::from_secs(5), 64 * 1024)
+        .oneshot(req)
+        .await
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(format!("not json: {}", String::from_utf8_lossy(&bytes)))
+        })
+    };
+    (status, headers, value)
+}
+
 /// Settings under a prefix no other test uses.
 pub fn settings(f: impl FnOnce(&mut QueueSettings)) -> Arc<QueueSettings> {
     let mut s = QueueSettings {

@@ -7,7 +7,6 @@ use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt as _;
@@ -46,23 +45,8 @@ async fn call(
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
-    let response = halol::web::router(state.clone(), Duration::from_secs(5), 64 * 1024)
-        .oneshot(req)
-        .await
-        .expect("response");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            Value::String(format!("not json: {}", String::from_utf8_lossy(&bytes)))
-        }),
-    )
+    let (status, _, body) = crate::helpers::call_router(state.clone(), req).await;
+    (status, body)
 }
 
 async fn positions(db: &PgPool) -> i64 {
