@@ -4,6 +4,7 @@
 mod helpers;
 mod processes;
 mod queue;
+mod simulator;
 mod trading;
 mod trading_api;
 mod web;
