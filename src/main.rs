@@ -61,6 +61,9 @@ enum Command {
     BotKey(halol::cli::BotKeyCmd),
     /// Central bot commands: pause-all, resume-all, emergency-stop, clear-emergency.
     Bots(halol::cli::BotsCmd),
+    /// Simulated MT5 bots for tests and load: heartbeats, server-heartbeat checks, version
+    /// checks and conditional config fetches against $REDIS_URL and a running web role.
+    SimulateBots(halol::bots::simulate::SimulateArgs),
 }
 
 /// `halol bench` alone keeps meaning the queue benchmark.
@@ -131,5 +134,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Strategy(c) => halol::cli::run(&config, halol::cli::Admin::Strategy(c)).await,
         Command::BotKey(c) => halol::cli::run(&config, halol::cli::Admin::BotKey(c)).await,
         Command::Bots(c) => halol::cli::run(&config, halol::cli::Admin::Bots(c)).await,
+        Command::SimulateBots(args) => halol::bots::simulate::run(&config, args).await,
     }
 }

@@ -5,6 +5,7 @@ mod bots;
 mod helpers;
 mod processes;
 mod queue;
+mod simulator;
 mod trading;
 mod trading_api;
 mod web;
