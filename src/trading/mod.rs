@@ -196,25 +196,6 @@ pub async fn currency_digits(
         .collect())
 }
 
-/// In one round trip: the currencies that have accounts, and the money digits of every currency.
-pub async fn currencies(
-    db: &PgPool,
-) -> sqlx::Result<(Vec<String>, std::collections::HashMap<String, u32>)> {
-    let rows: Vec<(String, i16, bool)> = sqlx::query_as(
-        "SELECT code, digits,
-                EXISTS (SELECT 1 FROM trading_accounts a WHERE a.currency = c.code)
-         FROM currencies c ORDER BY code",
-    )
-    .fetch_all(db)
-    .await?;
-    let in_use = rows.iter().filter(|r| r.2).map(|r| r.0.clone()).collect();
-    let digits = rows
-        .into_iter()
-        .map(|(c, d, _)| (c, d.max(0) as u32))
-        .collect();
-    Ok((in_use, digits))
-}
-
 /// An error of a trading operation, shaped for HTTP (4xx names the problem) and the CLI.
 #[derive(Debug, thiserror::Error)]
 pub enum TradingError {

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::{SymbolInfo, Trading, TradingError, close, money, prices, rates::Rates};
+use super::{
+    SymbolInfo, Trading, TradingError, close, currency_digits, money, prices, rates::Rates,
+};
 
 /// Most positions closed per transaction.
 const BATCH: i64 = 2_000;
@@ -106,10 +108,12 @@ pub async fn sweep_symbol(
             break;
         }
         if rates.is_none() {
-            let (currencies, money_digits) = super::currencies(&t.db).await?;
-            let pairs: Vec<(String, String)> = currencies
-                .into_iter()
-                .map(|a| (symbol.quote_currency.clone(), a))
+            // Rates into every known currency: one trivial query (the currencies table is tiny)
+            // and one Redis pipeline, cheaper than asking which currencies have accounts.
+            let money_digits = currency_digits(&t.db).await?;
+            let pairs: Vec<(String, String)> = money_digits
+                .keys()
+                .map(|a| (symbol.quote_currency.clone(), a.clone()))
                 .collect();
             rates = Some(Rates::load(&mut conn, &t.keys, &pairs, now, t.price_max_age).await?);
             digits = Some(money_digits);
