@@ -8,8 +8,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{
-    Side, SymbolInfo, Trading, TradingError, close, currency_digits, money, prices,
-    rates::{self, Rates},
+    Side, SymbolInfo, Trading, TradingError, close, currency_digits, money, prices, rates,
 };
 
 /// Most decimal places of a volume (lots).
@@ -461,14 +460,7 @@ pub async fn close_position(t: &Trading, id: i64, by: &str) -> Result<Position, 
             symbol.symbol
         ))
     })?;
-    let now = Utc::now();
-    let currencies = rates::account_currencies(&t.db).await?;
-    let pairs: Vec<(String, String)> = currencies
-        .into_iter()
-        .map(|a| (symbol.quote_currency.clone(), a))
-        .collect();
-    let rates = Rates::load(&mut conn, &t.keys, &pairs, now, t.price_max_age).await?;
-    let digits = currency_digits(&t.db).await?;
+    let (rates, digits) = rates::for_close(t, &symbol.quote_currency, Utc::now()).await?;
     let closed = close::close_batch(
         &t.db,
         &symbol,

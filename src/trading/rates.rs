@@ -64,6 +64,30 @@ impl Rates {
     }
 }
 
+/// What a close of `quote_currency` positions needs: rates into every known currency (one tiny
+/// query and one Redis pipeline, cheaper than asking which currencies have accounts) and every
+/// currency's money digits.
+pub async fn for_close(
+    t: &super::Trading,
+    quote_currency: &str,
+    now: DateTime<Utc>,
+) -> Result<(Rates, HashMap<String, u32>), super::TradingError> {
+    let digits = super::currency_digits(&t.db).await?;
+    let pairs: Vec<(String, String)> = digits
+        .keys()
+        .map(|a| (quote_currency.to_owned(), a.clone()))
+        .collect();
+    let rates = Rates::load(
+        &mut t.redis.manager(),
+        &t.keys,
+        &pairs,
+        now,
+        t.price_max_age,
+    )
+    .await?;
+    Ok((rates, digits))
+}
+
 /// Account currencies that have accounts.
 pub async fn account_currencies(db: &sqlx::PgPool) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(

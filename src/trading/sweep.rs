@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::{
-    SymbolInfo, Trading, TradingError, close, currency_digits, money, prices, rates::Rates,
-};
+use super::{SymbolInfo, Trading, TradingError, close, money, prices, rates::Rates};
 
 /// Most positions closed per transaction.
 const BATCH: i64 = 2_000;
@@ -98,8 +96,7 @@ pub async fn sweep_symbol(
     };
     let bid = money::round_price(quote.bid, symbol.dp());
     let ask = money::round_price(quote.ask, symbol.dp());
-    let mut rates: Option<Rates> = None;
-    let mut digits = None;
+    let mut for_close: Option<(Rates, _)> = None;
     // Bounded: each round closes or re-checks at most BATCH × 4 rows; ten rounds per job.
     for _ in 0..10 {
         let ids = candidates(&t.db, &symbol.symbol, bid, ask, quote.timestamp, BATCH).await?;
@@ -107,18 +104,10 @@ pub async fn sweep_symbol(
         if ids.is_empty() {
             break;
         }
-        if rates.is_none() {
-            // Rates into every known currency: one trivial query (the currencies table is tiny)
-            // and one Redis pipeline, cheaper than asking which currencies have accounts.
-            let money_digits = currency_digits(&t.db).await?;
-            let pairs: Vec<(String, String)> = money_digits
-                .keys()
-                .map(|a| (symbol.quote_currency.clone(), a.clone()))
-                .collect();
-            rates = Some(Rates::load(&mut conn, &t.keys, &pairs, now, t.price_max_age).await?);
-            digits = Some(money_digits);
+        if for_close.is_none() {
+            for_close = Some(super::rates::for_close(t, &symbol.quote_currency, now).await?);
         }
-        let (Some(rates), Some(digits)) = (&rates, &digits) else {
+        let Some((rates, digits)) = &for_close else {
             break;
         };
         let closed = close::close_batch(
