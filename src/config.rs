@@ -42,6 +42,9 @@ pub struct Config {
     /// `REDIS_KEY_NAMESPACE`: prefix of the contract keys (`price:`, `calm:`). Empty in
     /// production: bots read those keys by their exact names.
     pub redis_key_namespace: String,
+    /// `METRICS_PUBLISH_INTERVAL_MS`: how often workers and schedulers publish their metrics to
+    /// Redis for the web role's `/metrics`.
+    pub metrics_publish_interval: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -102,7 +105,14 @@ impl Config {
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT_SECS", Duration::from_secs(25))?,
             price_max_age: millis("PRICE_MAX_AGE_MS", Duration::from_secs(10))?,
             redis_key_namespace: var("REDIS_KEY_NAMESPACE").unwrap_or_default(),
+            metrics_publish_interval: millis(
+                "METRICS_PUBLISH_INTERVAL_MS",
+                Duration::from_secs(10),
+            )?,
         };
+        if config.metrics_publish_interval < Duration::from_millis(100) {
+            bail!("METRICS_PUBLISH_INTERVAL_MS must be at least 100");
+        }
         if config.redis_pool_size < 2 {
             bail!(
                 "REDIS_POOL_SIZE must be at least 2 (one shared connection and one per consumed queue)"

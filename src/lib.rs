@@ -7,6 +7,7 @@ pub mod bots;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleet_metrics;
 pub mod queue;
 pub mod redis_pool;
 pub mod roles;

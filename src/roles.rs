@@ -42,9 +42,7 @@ pub async fn web(
     config: &Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = crate::fleet_metrics::install("web")?;
     let db = db::connect(&config.database_url, config.database_pool_size).await?;
     let redis = redis(config).await?;
     let state = web::WebState {
@@ -82,13 +80,38 @@ pub async fn worker(
     }
     let db = db::connect(&config.database_url, config.database_pool_size).await?;
     let redis = redis(config).await?;
+    let metrics = crate::fleet_metrics::install("worker")?;
     let state = worker::AppState {
         trading: config.trading(db.clone(), redis.clone()),
         db,
-        redis,
+        redis: redis.clone(),
         queue: config.queue.clone(),
     };
-    worker::run(state, specs, config.shutdown_timeout, stop).await
+    with_metrics_published(config, metrics, redis, async move {
+        worker::run(state, specs, config.shutdown_timeout, stop).await
+    })
+    .await
+}
+
+/// Run `role` while publishing this process's metrics; publish once more when it ends.
+async fn with_metrics_published<T>(
+    config: &Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    redis: RedisPool,
+    role: impl Future<Output = T>,
+) -> T {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn(crate::fleet_metrics::publish_until(
+        metrics,
+        redis,
+        config.queue.prefix.clone(),
+        config.metrics_publish_interval,
+        stop.clone(),
+    ));
+    let result = role.await;
+    stop.cancel();
+    let _ = publisher.await;
+    result
 }
 
 /// The scheduler role.
@@ -96,13 +119,19 @@ pub async fn scheduler(
     config: &Config,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    let metrics = crate::fleet_metrics::install("scheduler")?;
     let redis = redis(config).await?;
     let producer = Producer::new(redis.manager(), config.queue.clone());
-    crate::scheduler::run(
-        producer,
-        halol_schedules::all(),
-        config.scheduler_max_lag,
-        stop,
+    with_metrics_published(
+        config,
+        metrics,
+        redis,
+        crate::scheduler::run(
+            producer,
+            halol_schedules::all(),
+            config.scheduler_max_lag,
+            stop,
+        ),
     )
     .await;
     Ok(())
@@ -127,6 +156,8 @@ pub async fn dev(config: &Config) -> anyhow::Result<()> {
         );
     }
     migrate(&config).await?;
+    // One recorder for the three roles, labelled `role="dev"`.
+    crate::fleet_metrics::install("dev")?;
     let stop = crate::shutdown::token();
     let signal = {
         let stop = stop.clone();

@@ -1,11 +1,13 @@
-//! `/metrics`: Prometheus text format. Queue depths and schedule lags are read from Redis at
-//! scrape time, so any web process reports the whole fleet.
+//! `/metrics`: Prometheus text format for the whole fleet, from any web process: queue depths
+//! and schedule lags are read from Redis at scrape time, and the metrics of every worker and
+//! scheduler process (job durations, closes, skipped symbols, ...) come from the snapshots they
+//! publish to Redis (`crate::fleet_metrics`), merged with this process's own.
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use redis::AsyncCommands as _;
 
 use super::{AppError, WebState};
-use crate::queue::inspect;
+use crate::{fleet_metrics, queue::inspect};
 
 pub(super) fn router() -> Router<WebState> {
     Router::new().route("/metrics", get(render))
@@ -46,8 +48,23 @@ async fn render(State(state): State<WebState>) -> Result<impl IntoResponse, AppE
                 .set(lag / 1000.0);
         }
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    ))
+    handle.run_upkeep();
+    let own = handle.render();
+    let others = match fleet_metrics::snapshots(
+        &mut conn,
+        &state.queue.prefix,
+        &fleet_metrics::process_name(),
+    )
+    .await
+    {
+        Ok(texts) => texts,
+        Err(e) => {
+            tracing::warn!("/metrics without the other processes' metrics (Redis: {e})");
+            Vec::new()
+        }
+    };
+    let body = fleet_metrics::merge(
+        std::iter::once(own.as_str()).chain(others.iter().map(String::as_str)),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }

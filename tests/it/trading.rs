@@ -756,8 +756,9 @@ async fn a_scheduled_sweep_fans_out_per_symbol_and_a_worker_process_closes_the_p
         &crate::helpers::redis_url(),
     );
     cmd.env("DATABASE_URL", url)
-        .env("REDIS_KEY_NAMESPACE", namespace);
-    let _worker = crate::helpers::Proc::spawn(cmd);
+        .env("REDIS_KEY_NAMESPACE", namespace)
+        .env("METRICS_PUBLISH_INTERVAL_MS", "200");
+    let worker = crate::helpers::Proc::spawn(cmd);
 
     crate::helpers::eventually(
         Duration::from_secs(20),
@@ -781,5 +782,89 @@ async fn a_scheduled_sweep_fans_out_per_symbol_and_a_worker_process_closes_the_p
         "one job per symbol (3), however often the tick ran: {per_symbol:?}"
     );
     assert_eq!(row(&t, id).await.close_reason.as_deref(), Some("sl"));
+
+    // The worker's metrics reach the web role's /metrics (the worker has no HTTP port): the
+    // two symbols without a quote as skipped, the close, merged with the web's own metrics.
+    let web = halol::web::WebState {
+        redis: t.redis.clone(),
+        trading: t.clone(),
+        db: db.clone(),
+        queue: settings.clone(),
+        admin_token: None,
+        metrics: Some(halol::fleet_metrics::install("test").expect("recorder")),
+    };
+    let worker_label = format!(
+        "process=\"{}:{}\"",
+        halol::queue::runtime_hostname(),
+        worker.pid()
+    );
+    let sample = |text: &str, name: &str, label: &str| -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&worker_label)
+                    && l.contains(label)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    let text = crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the worker's metrics on /metrics",
+        || async {
+            let req = axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let (status, _, body) = crate::helpers::call_router(web.clone(), req).await;
+            assert_eq!(status, axum::http::StatusCode::OK);
+            let text = body.as_str()?.strip_prefix("not json: ")?.to_owned();
+            sample(&text, "halol_positions_closed_total", "reason=\"sl\"").map(|_| text)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "halol_sltp_symbols_skipped_total",
+            "reason=\"missing\""
+        )
+        .as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "halol_positions_closed_total", "reason=\"sl\"").as_deref(),
+        Some("1")
+    );
+    assert!(text.contains("role=\"worker\""), "{text}");
+    for family in ["halol_queue_jobs", "halol_positions_closed_total"] {
+        assert_eq!(
+            text.matches(&format!("# TYPE {family} ")).count(),
+            1,
+            "{family} once: {text}"
+        );
+    }
+    // A stopped worker publishes once more and its snapshot then expires with its index entry.
+    worker.signal("TERM");
+    let mut conn = t.redis.manager();
+    let index = halol::fleet_metrics::index_key(&settings.prefix);
+    let key = halol::fleet_metrics::snapshot_key(
+        &settings.prefix,
+        &format!("{}:{}", halol::queue::runtime_hostname(), worker.pid()),
+    );
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the snapshot to expire",
+        || async {
+            let exists: bool = conn.clone().exists(&key).await.expect("exists");
+            let texts = halol::fleet_metrics::snapshots(&mut conn.clone(), &settings.prefix, "")
+                .await
+                .expect("snapshots");
+            (!exists && texts.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let left: i64 = conn.zcard(&index).await.expect("zcard");
+    assert_eq!(left, 0, "expired processes leave the index");
     crate::helpers::cleanup(&t.redis, &settings).await;
 }
