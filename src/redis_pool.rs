@@ -84,3 +84,26 @@ impl RedisPool {
         })
     }
 }
+
+/// Run `pipe`, which calls `script` by `EVALSHA`. A pipelined `EVALSHA` is not retried by the
+/// client when Redis does not know the script (restarted, failed over, or never saw it), so on
+/// `NOSCRIPT` this loads the script and runs the pipeline once more: every command in `pipe`
+/// must be idempotent.
+pub async fn query_with_script<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+    script: &redis::Script,
+) -> redis::RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e)
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            ) =>
+        {
+            script.load_async(conn).await?;
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
+}

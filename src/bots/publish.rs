@@ -97,19 +97,8 @@ pub async fn publish(
     if accounts.is_empty() && strategies.is_empty() {
         return Ok(Published::default());
     }
-    let mut conn = t.redis.manager();
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-        // EVALSHA in a pipeline is not retried by the client: load the script (Redis restarted
-        // or never saw it) and run the pipeline once more. Every write in it is idempotent.
-        if !matches!(
-            e.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-        ) {
-            return Err(e);
-        }
-        WRITE.load_async(&mut conn).await?;
-        pipe.query_async::<()>(&mut conn).await?;
-    }
+    // Every write in the pipeline is idempotent (versions never move backwards).
+    crate::redis_pool::query_with_script::<()>(&mut t.redis.manager(), &pipe, &WRITE).await?;
     Ok(Published {
         accounts: accounts.len(),
         strategies: strategies.len(),

@@ -4,8 +4,9 @@
 //! Key layout (Redis 7.0 has no per-field TTL, so two keys):
 //! - `calm:{POSITION_ID}`: hash `stress_free` = `1`, `hide_pnl` = `1`, `since` (ISO 8601 UTC),
 //!   `by` (who enabled it); TTL 1 h. Enabling again restarts the hour.
-//! - `calm:{POSITION_ID}:pnl`: hash `band_low`, `band_high`, `currency`, `as_of`; TTL 30 min,
-//!   rewritten by every revaluation while the flags live. The band is [`money::blur`].
+//! - `calm:{POSITION_ID}:pnl`: hash `band_low`, `band_high`, `currency`, `as_of`; TTL 30 min
+//!   (never beyond the flags' own expiry), rewritten by every revaluation while the flags live
+//!   and only then. The band is [`money::blur`].
 //! - `halol:calm_positions`: our index (ZSET, score = flags expiry in ms) so revaluation finds
 //!   calm positions without scanning keys.
 //!
@@ -13,7 +14,7 @@
 //! are removed by the next revaluation. When Redis is down calm mode is skipped with a warning;
 //! nothing else is affected.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands as _;
@@ -25,6 +26,29 @@ use super::{Trading, TradingError, money, prices::format_ts};
 pub const FLAGS_TTL: Duration = Duration::from_secs(3600);
 /// TTL of the blurred PnL.
 pub const PNL_TTL: Duration = Duration::from_secs(1800);
+
+/// Write the blurred PnL only while the flags live, and never for longer than they do: a close
+/// that deleted the flags between our read of the position and this write leaves nothing
+/// behind. KEYS: flags, pnl. ARGV: PnL TTL (ms), band_low, band_high, currency, as_of.
+static WRITE_PNL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local left = redis.call('PTTL', KEYS[1])
+        redis.call('DEL', KEYS[2])
+        if left == -2 then
+            return 0
+        end
+        local ttl = tonumber(ARGV[1])
+        if left > 0 and left < ttl then
+            ttl = left
+        end
+        redis.call('HSET', KEYS[2], 'band_low', ARGV[2], 'band_high', ARGV[3],
+            'currency', ARGV[4], 'as_of', ARGV[5])
+        redis.call('PEXPIRE', KEYS[2], ttl)
+        return 1
+        ",
+    )
+});
 
 /// Put an open position in calm mode (restarting its hour).
 pub async fn enable(t: &Trading, position_id: i64, by: &str) -> Result<(), TradingError> {
@@ -99,9 +123,18 @@ pub async fn forget(t: &Trading, ids: &[i64]) {
 pub async fn refresh(t: &Trading, now: DateTime<Utc>) {
     let result: Result<(), TradingError> = async {
         let mut conn = t.redis.manager();
-        let _: i64 = conn
-            .zrembyscore(t.keys.calm_index(), "-inf", now.timestamp_millis())
+        // Expired entries: their flags are gone; their PnL goes with them.
+        let expired: Vec<i64> = conn
+            .zrangebyscore(t.keys.calm_index(), "-inf", now.timestamp_millis())
             .await?;
+        if !expired.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &expired {
+                pipe.del(t.keys.calm_pnl(*id)).ignore();
+            }
+            pipe.zrem(t.keys.calm_index(), &expired).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+        }
         let ids: Vec<i64> = conn
             .zrangebyscore(t.keys.calm_index(), now.timestamp_millis(), "+inf")
             .await?;
@@ -138,17 +171,16 @@ async fn refresh_ids(t: &Trading, ids: &[i64], now: DateTime<Utc>) -> Result<(),
             continue;
         };
         let (low, high) = money::blur(pnl);
-        pipe.hset_multiple(
-            t.keys.calm_pnl(id),
-            &[
-                ("band_low", low.to_string()),
-                ("band_high", high.to_string()),
-                ("currency", currency),
-                ("as_of", format_ts(now)),
-            ],
+        pipe.invoke_script(
+            WRITE_PNL
+                .key(t.keys.calm(id))
+                .key(t.keys.calm_pnl(id))
+                .arg(PNL_TTL.as_millis() as u64)
+                .arg(low.to_string())
+                .arg(high.to_string())
+                .arg(currency)
+                .arg(format_ts(now)),
         )
-        .ignore()
-        .expire(t.keys.calm_pnl(id), PNL_TTL.as_secs() as i64)
         .ignore();
     }
     for id in gone {
@@ -156,6 +188,6 @@ async fn refresh_ids(t: &Trading, ids: &[i64], now: DateTime<Utc>) -> Result<(),
         pipe.del(t.keys.calm_pnl(id)).ignore();
         pipe.zrem(t.keys.calm_index(), id).ignore();
     }
-    pipe.query_async::<()>(&mut conn).await?;
+    crate::redis_pool::query_with_script::<()>(&mut conn, &pipe, &WRITE_PNL).await?;
     Ok(())
 }

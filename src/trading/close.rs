@@ -135,24 +135,38 @@ async fn try_close(
             }
         };
         let close_price = money::market_price(side, bid, ask);
-        let pnl_quote = money::pnl_quote(
+        let digits = money_digits
+            .get(&row.account_currency)
+            .copied()
+            .unwrap_or(2);
+        // An overflow is only reachable with data written around halol's input bounds: leave
+        // that row open for an operator rather than fail the whole batch.
+        let overflow = || {
+            tracing::error!(
+                position_id = row.id,
+                "position {} not closed: its PnL does not fit a decimal",
+                row.id
+            );
+        };
+        let Some(pnl_quote) = money::pnl_quote(
             side,
             row.open_price,
             close_price,
             row.volume,
             row.contract_size,
-        );
-        let digits = money_digits
-            .get(&row.account_currency)
-            .copied()
-            .unwrap_or(2);
+        ) else {
+            overflow();
+            continue;
+        };
         let (rate, realised, note) = match rates.get(&symbol.quote_currency, &row.account_currency)
         {
-            Ok(rate) => (
-                Some(rate),
-                Some(money::round_money(pnl_quote * rate, digits)),
-                None,
-            ),
+            Ok(rate) => match money::convert(pnl_quote, rate, digits) {
+                Some(realised) => (Some(rate), Some(realised), None),
+                None => {
+                    overflow();
+                    continue;
+                }
+            },
             Err(why) => (None, None, Some(why)),
         };
         record.push(
@@ -324,40 +338,56 @@ impl CloseColumns {
     }
 }
 
-/// Book closes whose PnL waited for a conversion price, now that `rates` may have it. Returns
-/// how many were booked.
+/// Book closes whose PnL waited for a conversion price, now that `rates` may have it (at most
+/// `limit`, oldest first, only those whose pair has a rate, so closes that still wait never
+/// crowd out the ones that can be booked). Returns how many were booked.
 pub async fn book_pending(
     db: &PgPool,
-    rates_for: impl Fn(&str, &str) -> Result<Decimal, String>,
+    rates: &Rates,
     money_digits: &HashMap<String, u32>,
     limit: i64,
 ) -> sqlx::Result<usize> {
+    let (quotes, accounts): (Vec<&str>, Vec<&str>) = rates.known().map(|(q, a, _)| (q, a)).unzip();
+    if quotes.is_empty() {
+        return Ok(0);
+    }
     let mut tx = db.begin().await?;
     let pending: Vec<(i64, i64, Decimal, String, String)> = sqlx::query_as(
         "SELECT c.position_id, c.account_id, c.pnl_quote, c.quote_currency, c.account_currency
          FROM positions p JOIN position_closes c ON c.position_id = p.id
          WHERE p.status = 'closed' AND p.realised_pnl IS NULL
+           AND (c.quote_currency, c.account_currency) IN
+               (SELECT * FROM unnest($2::text[], $3::text[]))
          ORDER BY p.id
          LIMIT $1
          FOR UPDATE OF p SKIP LOCKED",
     )
     .bind(limit)
+    .bind(&quotes)
+    .bind(&accounts)
     .fetch_all(&mut *tx)
     .await?;
     let mut ids = Vec::new();
-    let mut rates = Vec::new();
+    let mut used_rates = Vec::new();
     let mut amounts = Vec::new();
     let mut booked = Vec::new();
     for (id, account_id, pnl_quote, quote_ccy, account_ccy) in pending {
-        let Ok(rate) = rates_for(&quote_ccy, &account_ccy) else {
+        let Ok(rate) = rates.get(&quote_ccy, &account_ccy) else {
             continue;
         };
-        let amount = money::round_money(
-            pnl_quote * rate,
+        let Some(amount) = money::convert(
+            pnl_quote,
+            rate,
             money_digits.get(&account_ccy).copied().unwrap_or(2),
-        );
+        ) else {
+            tracing::error!(
+                position_id = id,
+                "close of position {id} not booked: its PnL does not fit a decimal"
+            );
+            continue;
+        };
         ids.push(id);
-        rates.push(rate);
+        used_rates.push(rate);
         amounts.push(amount);
         booked.push((account_id, amount));
     }
@@ -380,7 +410,7 @@ pub async fn book_pending(
          WHERE c.position_id = u.id AND c.booked_at IS NULL",
     )
     .bind(&ids)
-    .bind(&rates)
+    .bind(&used_rates)
     .bind(&amounts)
     .execute(&mut *tx)
     .await?;

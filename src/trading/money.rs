@@ -73,19 +73,35 @@ pub fn trigger(
 }
 
 /// PnL in the symbol's quote currency: `(close − open) × volume × contract size` for a long,
-/// `(open − close) × …` for a short. Exact (not rounded).
+/// `(open − close) × …` for a short. Exact (not rounded). `None` if it does not fit a `Decimal`
+/// (input bounds make that impossible for data written through halol).
 pub fn pnl_quote(
     side: Side,
     open: Decimal,
     close: Decimal,
     volume: Decimal,
     contract_size: Decimal,
-) -> Decimal {
+) -> Option<Decimal> {
     let diff = match side {
-        Side::Buy => close - open,
-        Side::Sell => open - close,
+        Side::Buy => close.checked_sub(open)?,
+        Side::Sell => open.checked_sub(close)?,
     };
-    diff * volume * contract_size
+    diff.checked_mul(volume)?.checked_mul(contract_size)
+}
+
+/// A quote-currency PnL in the account currency at `rate`, rounded once to `digits`. `None` if
+/// it does not fit a `Decimal`.
+pub fn convert(pnl_quote: Decimal, rate: Decimal, digits: u32) -> Option<Decimal> {
+    Some(round_money(pnl_quote.checked_mul(rate)?, digits))
+}
+
+/// Are an SL and a TP in the order the schema requires: below the TP for a long, above it for a
+/// short?
+pub fn levels_in_order(side: Side, stop_loss: Decimal, take_profit: Decimal) -> bool {
+    match side {
+        Side::Buy => stop_loss < take_profit,
+        Side::Sell => stop_loss > take_profit,
+    }
 }
 
 /// Where an SL or TP may be set: a long's SL below the bid and TP above it; a short's SL above
@@ -189,7 +205,7 @@ mod tests {
     fn pnl_is_signed_by_side_and_exact() {
         assert_eq!(
             pnl_quote(Side::Buy, d("1.10000"), d("1.10250"), d("0.1"), d("100000")),
-            d("25")
+            Some(d("25"))
         );
         assert_eq!(
             pnl_quote(
@@ -199,8 +215,15 @@ mod tests {
                 d("0.1"),
                 d("100000")
             ),
-            d("-25")
+            Some(d("-25"))
         );
+        // Overflow is reported, never a panic.
+        assert_eq!(
+            pnl_quote(Side::Buy, d("1"), d("1000000000"), d("1e20"), d("1e9")),
+            None
+        );
+        assert_eq!(convert(d("1e28"), d("10"), 2), None);
+        assert_eq!(convert(d("25"), d("0.9"), 2), Some(d("22.50")));
         assert_eq!(round_money(d("-2.345"), 2), d("-2.35"));
         assert_eq!(round_money(d("12.5"), 0).to_string(), "13");
     }

@@ -14,6 +14,12 @@ use super::{
 /// Most decimal places of a volume (lots).
 pub const VOLUME_DP: u32 = 4;
 
+/// The largest volume of one position, in lots (far above any retail order).
+pub const MAX_VOLUME: Decimal = Decimal::from_parts(10_000, 0, 0, false, 0);
+
+/// The largest contract size of a symbol.
+pub const MAX_CONTRACT_SIZE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
 /// A symbol to create.
 #[derive(Debug, Clone)]
 pub struct NewSymbol {
@@ -43,10 +49,10 @@ pub async fn create_symbol(db: &PgPool, s: NewSymbol) -> Result<SymbolInfo, Trad
     if !(0..=10).contains(&s.digits) {
         return Err(TradingError::invalid("digits", "must be between 0 and 10"));
     }
-    if s.contract_size <= Decimal::ZERO {
+    if s.contract_size <= Decimal::ZERO || s.contract_size > MAX_CONTRACT_SIZE {
         return Err(TradingError::invalid(
             "contract_size",
-            "must be greater than 0",
+            format!("must be greater than 0 and at most {MAX_CONTRACT_SIZE}"),
         ));
     }
     known_currency(db, "quote_currency", &s.quote_currency).await?;
@@ -323,6 +329,12 @@ pub async fn open_position(t: &Trading, req: OpenPosition) -> Result<Position, T
             format!("must be greater than 0, got {}", req.volume),
         ));
     }
+    if req.volume > MAX_VOLUME {
+        return Err(TradingError::invalid(
+            "volume",
+            format!("at most {MAX_VOLUME} lots, got {}", req.volume),
+        ));
+    }
     if req.volume.normalize().scale() > VOLUME_DP {
         return Err(TradingError::invalid(
             "volume",
@@ -425,6 +437,32 @@ pub async fn modify_position(
         };
     let stop_loss = check("stop_loss", levels.stop_loss)?;
     let take_profit = check("take_profit", levels.take_profit)?;
+    // Each level is on its side of the market; together they must still be in order (the
+    // market may have moved past the level that stays).
+    let changed = if stop_loss.is_some() {
+        "stop_loss"
+    } else {
+        "take_profit"
+    };
+    let out_of_order = || {
+        TradingError::invalid(
+            changed,
+            format!(
+                "a {side} position's stop_loss must be {} its take_profit",
+                match side {
+                    Side::Buy => "below",
+                    Side::Sell => "above",
+                }
+            ),
+        )
+    };
+    if let (Some(sl), Some(tp)) = (
+        stop_loss.unwrap_or(current.stop_loss),
+        take_profit.unwrap_or(current.take_profit),
+    ) && !money::levels_in_order(side, sl, tp)
+    {
+        return Err(out_of_order());
+    }
     let updated = sqlx::query(
         "UPDATE positions
          SET stop_loss = CASE WHEN $2 THEN $3 ELSE stop_loss END,
@@ -437,7 +475,15 @@ pub async fn modify_position(
     .bind(take_profit.is_some())
     .bind(take_profit.flatten())
     .execute(&t.db)
-    .await?;
+    .await
+    .map_err(|e| {
+        // A concurrent change of the other level can still put them out of order.
+        if e.as_database_error().and_then(|d| d.constraint()) == Some("positions_sl_below_tp") {
+            out_of_order()
+        } else {
+            e.into()
+        }
+    })?;
     if updated.rows_affected() == 0 {
         return Err(TradingError::Conflict(format!("position {id} is closed")));
     }
@@ -499,7 +545,26 @@ pub async fn set_price(
     let ask =
         money::normalise_price(ask, info.dp()).map_err(|m| TradingError::invalid("ask", m))?;
     prices::validate(bid, ask).map_err(|(f, m)| TradingError::invalid(f, m))?;
-    let timestamp = timestamp.unwrap_or_else(Utc::now);
+    let now = Utc::now();
+    let timestamp = timestamp.unwrap_or(now);
+    if timestamp > now + prices::MAX_FUTURE_SKEW {
+        // Every reader would refuse it as malformed: refuse it here instead.
+        return Err(TradingError::invalid(
+            "timestamp",
+            format!("{timestamp} is in the future (now {now})"),
+        ));
+    }
+    if let Some(s) = seq
+        && s > prices::MAX_SEQ
+    {
+        return Err(TradingError::invalid(
+            "seq",
+            format!(
+                "{s} is above the largest sequence number {}",
+                prices::MAX_SEQ
+            ),
+        ));
+    }
     let quote = prices::NewQuote {
         bid,
         ask,

@@ -19,7 +19,15 @@ use super::CacheKeys;
 pub const PRICE_TTL: Duration = Duration::from_secs(10);
 
 /// How far in the future a quote's timestamp may be (clock skew of the writer).
-const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// The largest sequence number: the write script compares them as Lua numbers (doubles), exact
+/// up to 2^53 − 1. A larger one is refused on input rather than silently rounded.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// The largest bid or ask accepted: far above any traded price, far below where `Decimal`
+/// arithmetic on it (PnL, mids) could overflow.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 
 /// One cached quote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +89,12 @@ pub fn validate(bid: Decimal, ask: Decimal) -> Result<(), (&'static str, String)
     }
     if ask < bid {
         return Err(("ask", format!("{ask} is below the bid {bid}")));
+    }
+    if ask > MAX_PRICE {
+        return Err((
+            "ask",
+            format!("{ask} is above the largest price {MAX_PRICE}"),
+        ));
     }
     Ok(())
 }
@@ -152,17 +166,27 @@ pub async fn read_many(
         return Ok(HashMap::new());
     }
     let mut pipe = redis::pipe();
+    // One key of the wrong type (a buggy writer's `SET price:X ...`) must spoil only itself,
+    // not the whole pipeline: per-command errors come back one by one.
+    pipe.ignore_errors();
     for s in symbols {
         pipe.cmd("HMGET")
             .arg(keys.price(s))
             .arg(&["bid", "ask", "timestamp", "seq"]);
     }
-    let rows: Vec<Vec<Option<String>>> = pipe.query_async(conn).await?;
-    Ok(symbols
+    let rows: Vec<redis::RedisResult<Vec<Option<String>>>> = pipe.query_async(conn).await?;
+    symbols
         .iter()
         .zip(rows)
         .map(|(s, fields)| {
-            let quote = match parse(&fields) {
+            let parsed = match fields {
+                Ok(fields) => parse(&fields),
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    Err(Unusable::Malformed("the key is not a hash".into()))
+                }
+                Err(e) => return Err(e),
+            };
+            let quote = match parsed {
                 Ok(Some(q)) => Ok(q),
                 Ok(None) => Err(Unusable::Missing),
                 Err(e) => {
@@ -171,9 +195,9 @@ pub async fn read_many(
                     Err(e)
                 }
             };
-            ((*s).to_owned(), quote)
+            Ok(((*s).to_owned(), quote))
         })
-        .collect())
+        .collect()
 }
 
 /// Read one quote.

@@ -31,6 +31,13 @@ impl Rates {
             .unwrap_or_else(|| Err(format!("no conversion price for {quote}{account}")))
     }
 
+    /// The pairs that have a rate: `(quote, account, rate)`.
+    pub fn known(&self) -> impl Iterator<Item = (&str, &str, Decimal)> {
+        self.rates
+            .iter()
+            .filter_map(|((q, a), r)| r.as_ref().ok().map(|r| (q.as_str(), a.as_str(), *r)))
+    }
+
     /// Load the rates for every (quote, account) pair in one Redis round trip.
     pub async fn load(
         conn: &mut impl ConnectionLike,

@@ -142,7 +142,7 @@ pub async fn revalue_all(t: &Trading, now: DateTime<Utc>) -> Result<Revaluation,
             report.skipped.iter().take(10).collect::<Vec<_>>()
         );
     }
-    report.booked = close::book_pending(&t.db, |q, a| rates.get(q, a), &digits, 10_000).await?;
+    report.booked = close::book_pending(&t.db, &rates, &digits, 10_000).await?;
     super::calm::refresh(t, now).await;
     metrics::histogram!("halol_revaluation_seconds").record(started.elapsed().as_secs_f64());
     Ok(report)

@@ -26,18 +26,9 @@ pub struct SymbolSweep {
     pub closed: Vec<close::Closed>,
 }
 
-/// The index range scans: the positions of `symbol` the quote triggers, opened before it.
-/// Candidates only: the close re-checks each against its locked row.
-pub async fn candidates(
-    db: &sqlx::PgPool,
-    symbol: &str,
-    bid: Decimal,
-    ask: Decimal,
-    quote_ts: DateTime<Utc>,
-    limit: i64,
-) -> sqlx::Result<Vec<i64>> {
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "(SELECT id FROM positions
+/// The four index range scans (one per partial index): `$1` symbol, `$2` bid, `$3` ask, `$4`
+/// quote time, `$5` limit per scan.
+pub const CANDIDATES_SQL: &str = "(SELECT id FROM positions
            WHERE symbol = $1 AND status = 'open' AND side = 'buy'
              AND stop_loss IS NOT NULL AND stop_loss >= $2 AND opened_at < $4 LIMIT $5)
          UNION ALL
@@ -51,15 +42,26 @@ pub async fn candidates(
          UNION ALL
          (SELECT id FROM positions
            WHERE symbol = $1 AND status = 'open' AND side = 'sell'
-             AND take_profit IS NOT NULL AND take_profit >= $3 AND opened_at < $4 LIMIT $5)",
-    )
-    .bind(symbol)
-    .bind(bid)
-    .bind(ask)
-    .bind(quote_ts)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
+             AND take_profit IS NOT NULL AND take_profit >= $3 AND opened_at < $4 LIMIT $5)";
+
+/// The index range scans: the positions of `symbol` the quote triggers, opened before it.
+/// Candidates only: the close re-checks each against its locked row.
+pub async fn candidates(
+    db: &sqlx::PgPool,
+    symbol: &str,
+    bid: Decimal,
+    ask: Decimal,
+    quote_ts: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<i64>> {
+    let mut ids: Vec<i64> = sqlx::query_scalar(CANDIDATES_SQL)
+        .bind(symbol)
+        .bind(bid)
+        .bind(ask)
+        .bind(quote_ts)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)

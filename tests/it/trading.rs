@@ -284,7 +284,22 @@ async fn missing_stale_malformed_or_older_than_the_position_quotes_close_nothing
             .is_some_and(|s| s.contains("malformed")),
         "{r:?}"
     );
+    // Not a hash at all (a legacy writer's SET): skipped as malformed, not taken for Redis down.
+    let _: () = conn
+        .set(t.keys.price("EURUSD"), r#"{"bid":1.09}"#)
+        .await
+        .expect("set");
+    let r = sweep(&t, "EURUSD").await;
+    assert!(
+        r.skipped
+            .as_deref()
+            .is_some_and(|s| s.contains("malformed") && s.contains("not a hash")),
+        "{r:?}"
+    );
     let _: () = conn.del(t.keys.price("EURUSD")).await.expect("del");
+    // A wrong-typed key of a conversion pair spoils that pair only: the close below (USD into
+    // USD) still loads its rates.
+    let _: () = conn.set(t.keys.price("USDCHF"), "0.9").await.expect("set");
     // A fresh quote that is not newer than the position's opening.
     let late = position(&t, 1001, "EURUSD", "buy", "1.10000", Some("1.09500"), None).await;
     sqlx::query("UPDATE positions SET opened_at = now() + interval '1 second' WHERE id = $1")
@@ -394,24 +409,32 @@ async fn concurrent_sweeps_close_each_position_exactly_once(db: PgPool) {
 async fn the_candidate_scans_use_the_trigger_indexes(db: PgPool) {
     let t = trading(db, pool().await);
     seed(&t).await;
-    let mut tx = t.db.begin().await.expect("tx");
-    sqlx::query("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await
-        .expect("set");
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (SELECT id FROM positions WHERE symbol = 'EURUSD' AND status = 'open' AND side = 'buy'
-                    AND stop_loss IS NOT NULL AND stop_loss >= 1.1 AND opened_at < now())
-         UNION ALL (SELECT id FROM positions WHERE symbol = 'EURUSD' AND status = 'open' AND side = 'buy'
-                    AND take_profit IS NOT NULL AND take_profit <= 1.1 AND opened_at < now())
-         UNION ALL (SELECT id FROM positions WHERE symbol = 'EURUSD' AND status = 'open' AND side = 'sell'
-                    AND stop_loss IS NOT NULL AND stop_loss <= 1.1 AND opened_at < now())
-         UNION ALL (SELECT id FROM positions WHERE symbol = 'EURUSD' AND status = 'open' AND side = 'sell'
-                    AND take_profit IS NOT NULL AND take_profit >= 1.1 AND opened_at < now())",
+    // 20,000 open positions on two symbols, none near the market, with fresh statistics: the
+    // planner is free to choose, and must choose the four partial indexes.
+    sqlx::raw_sql(
+        "INSERT INTO positions (account_id, account_currency, symbol, side, volume, contract_size,
+                                open_price, opened_at, stop_loss, take_profit)
+         SELECT a.id, 'USD', CASE WHEN g % 2 = 0 THEN 'EURUSD' ELSE 'GBPUSD' END,
+                CASE WHEN g % 4 < 2 THEN 'buy' ELSE 'sell' END, 0.1, 100000, 1.1,
+                now() - interval '1 day',
+                CASE WHEN g % 4 < 2 THEN 0.5 + (g % 1000) * 0.0001 ELSE 1.7 - (g % 1000) * 0.0001 END,
+                CASE WHEN g % 4 < 2 THEN 1.7 - (g % 1000) * 0.0001 ELSE 0.5 + (g % 1000) * 0.0001 END
+         FROM generate_series(1, 20000) g, trading_accounts a WHERE a.mt5_account_id = 1001;
+         ANALYZE positions;",
     )
-    .fetch_all(&mut *tx)
+    .execute(&t.db)
     .await
-    .expect("explain");
+    .expect("positions");
+    // The sweep's own statement, with its parameters bound.
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", sweep::CANDIDATES_SQL))
+        .bind("EURUSD")
+        .bind(d("1.10000"))
+        .bind(d("1.10020"))
+        .bind(Utc::now())
+        .bind(2_000_i64)
+        .fetch_all(&t.db)
+        .await
+        .expect("explain");
     let plan = plan.join("\n");
     for index in [
         "positions_open_buy_sl",
@@ -478,6 +501,42 @@ async fn pnl_converts_through_the_cached_pair_and_waits_when_it_is_missing(db: P
             .await
             .is_err()
     );
+}
+
+#[sqlx::test(migrator = "halol::MIGRATOR")]
+async fn closes_still_waiting_for_a_pair_never_crowd_out_closes_that_can_be_booked(db: PgPool) {
+    let t = trading(db, pool().await);
+    seed(&t).await;
+    // Both in the EUR account: the older waits for EURJPY, the newer for EURUSD.
+    let jpy = position(&t, 2002, "USDJPY", "buy", "150.000", Some("149.000"), None).await;
+    let usd = position(&t, 2002, "GBPUSD", "buy", "1.30000", Some("1.29000"), None).await;
+    quote(&t, "USDJPY", "148.500", "148.520").await;
+    quote(&t, "GBPUSD", "1.28000", "1.28020").await;
+    assert_eq!(sweep(&t, "USDJPY").await.closed.len(), 1);
+    assert_eq!(sweep(&t, "GBPUSD").await.closed.len(), 1);
+    quote(&t, "EURUSD", "1.10000", "1.10020").await;
+    let pairs = [("JPY", "EUR"), ("USD", "EUR")].map(|(q, a)| (q.to_owned(), a.to_owned()));
+    let rates = halol::trading::rates::Rates::load(
+        &mut t.redis.manager(),
+        &t.keys,
+        &pairs,
+        Utc::now(),
+        t.price_max_age,
+    )
+    .await
+    .expect("rates");
+    let digits = halol::trading::currency_digits(&t.db)
+        .await
+        .expect("digits");
+    // Room for one: it goes to the close that can be booked, not the older one that cannot.
+    let booked = close::book_pending(&t.db, &rates, &digits, 1)
+        .await
+        .expect("book");
+    assert_eq!(booked, 1);
+    assert_eq!(row(&t, jpy).await.realised_pnl, None);
+    // (1.28000 − 1.30000) × 0.1 × 100000 = −200 USD; / mid 1.10010 = −181.80 EUR.
+    assert_eq!(row(&t, usd).await.realised_pnl, Some(d("-181.80")));
+    assert_eq!(balance(&t, 2002).await, d("4818.20"));
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -608,13 +667,54 @@ async fn calm_state_left_behind_by_a_close_is_removed_by_the_next_revaluation(db
     .await
     .expect("close");
     revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
-    let exists: bool = t
-        .redis
-        .manager()
+    let exists: (bool, bool) = redis::pipe()
         .exists(t.keys.calm(id))
+        .exists(t.keys.calm_pnl(id))
+        .query_async(&mut t.redis.manager())
         .await
         .expect("exists");
-    assert!(!exists);
+    assert_eq!(exists, (false, false));
+}
+
+#[sqlx::test(migrator = "halol::MIGRATOR")]
+async fn the_blurred_pnl_lives_only_while_the_calm_flags_do(db: PgPool) {
+    let t = trading(db, pool().await);
+    seed(&t).await;
+    let id = position(&t, 1001, "EURUSD", "buy", "1.10000", None, None).await;
+    quote(&t, "EURUSD", "1.10100", "1.10120").await;
+    calm::enable(&t, id, "test").await.expect("calm on");
+    revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
+    let mut conn = t.redis.manager();
+    let exists: bool = conn.exists(t.keys.calm_pnl(id)).await.expect("exists");
+    assert!(exists, "the PnL is blurred while calm");
+    // Flags with one minute left: the PnL is never written to outlive them.
+    let _: bool = conn.expire(t.keys.calm(id), 60).await.expect("expire");
+    quote(&t, "EURUSD", "1.10200", "1.10220").await;
+    revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
+    let pnl_ttl: i64 = conn.ttl(t.keys.calm_pnl(id)).await.expect("ttl");
+    assert!((1..=60).contains(&pnl_ttl), "{pnl_ttl}");
+    // The flags gone (a close's cleanup racing the revaluation, or their hour up) while the
+    // index still lists the position: the next write finds no flags and leaves no PnL.
+    let _: i64 = conn.del(t.keys.calm(id)).await.expect("del");
+    quote(&t, "EURUSD", "1.10300", "1.10320").await;
+    revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
+    let exists: bool = conn.exists(t.keys.calm_pnl(id)).await.expect("exists");
+    assert!(!exists, "no blurred PnL without calm flags");
+    // An index entry past its expiry takes its PnL key with it.
+    calm::enable(&t, id, "test").await.expect("calm on");
+    revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
+    let _: i64 = conn
+        .zadd(t.keys.calm_index(), id, Utc::now().timestamp_millis() - 1)
+        .await
+        .expect("zadd");
+    calm::refresh(&t, Utc::now()).await;
+    let (pnl, indexed): (bool, Option<f64>) = redis::pipe()
+        .exists(t.keys.calm_pnl(id))
+        .zscore(t.keys.calm_index(), id)
+        .query_async(&mut conn)
+        .await
+        .expect("state");
+    assert_eq!((pnl, indexed), (false, None));
 }
 
 #[sqlx::test(migrator = "halol::MIGRATOR")]

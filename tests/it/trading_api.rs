@@ -164,6 +164,9 @@ async fn invalid_input_is_a_4xx_naming_the_field_and_writes_nothing(db: PgPool) 
         (with("volume", json!("-1")), "volume"),
         (with("volume", json!("0")), "volume"),
         (with("volume", json!("1.2.3")), "volume"),
+        // Far above any order, and where PnL arithmetic could overflow.
+        (with("volume", json!("10000.0001")), "volume"),
+        (with("volume", json!("1e26")), "volume"),
         (with("side", json!("long")), "side"),
         (with("mt5_account_id", json!(424242)), "mt5_account_id"),
         // A long's SL must lie below the bid, its TP above it.
@@ -216,6 +219,17 @@ async fn invalid_input_is_a_4xx_naming_the_field_and_writes_nothing(db: PgPool) 
             json!({"bid": "1.1", "ask": "1.2", "timestamp": "yesterday"}),
             "timestamp",
         ),
+        // Every reader would refuse a quote from the future as malformed.
+        (
+            json!({"bid": "1.1", "ask": "1.2", "timestamp": "2099-01-01T00:00:00Z"}),
+            "timestamp",
+        ),
+        // The write script compares sequence numbers as doubles: 2^53 would be rounded.
+        (
+            json!({"bid": "1.1", "ask": "1.2", "seq": 9_007_199_254_740_992_u64}),
+            "seq",
+        ),
+        (json!({"bid": "1.1", "ask": "2000000000"}), "ask"),
     ] {
         let (status, err) = call(&s, "PUT", "/admin/api/prices/EURUSD", Some(body.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {err}");
@@ -251,6 +265,30 @@ async fn invalid_input_is_a_4xx_naming_the_field_and_writes_nothing(db: PgPool) 
         (StatusCode::UNPROCESSABLE_ENTITY, json!("stop_loss"))
     );
     assert_eq!(positions(&db).await, 0);
+
+    // A level on its side of the market but past the level that stays: 422, not a 500 from
+    // the schema's CHECK. (The market ran up through the TP before the sweep closed it.)
+    let (status, opened) = call(
+        &s,
+        "POST",
+        "/admin/api/positions",
+        Some(
+            json!({"mt5_account_id": 1001, "symbol": "EURUSD", "side": "buy",
+                    "volume": "0.1", "stop_loss": "1.09000", "take_profit": "1.10100"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{opened}");
+    quote(&t, "EURUSD", "1.10300", "1.10320").await;
+    let uri = format!("/admin/api/positions/{}", opened["id"]);
+    let (status, err) = call(&s, "PATCH", &uri, Some(json!({"stop_loss": "1.10200"}))).await;
+    assert_eq!(
+        (status, err["field"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("stop_loss")),
+        "{err}"
+    );
+    let (_, kept) = call(&s, "GET", &uri, None).await;
+    assert_eq!(kept["stop_loss"], "1.09000", "{kept}");
 }
 
 #[sqlx::test(migrator = "halol::MIGRATOR")]
