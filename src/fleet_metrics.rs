@@ -32,6 +32,9 @@ use crate::redis_pool::RedisPool;
 /// Most snapshots one scrape reads.
 const MAX_PROCESSES: isize = 1_000;
 
+/// Longest one publish may take: the last one runs during shutdown, whose budget is < 30 s.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static PUBLISHING: AtomicBool = AtomicBool::new(false);
 
@@ -103,7 +106,19 @@ pub async fn publish_until(
             _ = stop.cancelled() => true,
         };
         handle.run_upkeep();
-        match publish(&mut conn, &prefix, &process, &handle.render(), interval).await {
+        let text = handle.render();
+        let published = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            publish(&mut conn, &prefix, &process, &text, interval),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "timed out",
+            )))
+        });
+        match published {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("metrics snapshots reach Redis again");
