@@ -1,23 +1,25 @@
 //! Metrics of the whole fleet on one `/metrics`.
 //!
 //! Jobs run in worker processes and ticks in the scheduler, but only the web role serves HTTP
-//! (a Heroku/Railway worker has no routable port). So every process records into its own
-//! Prometheus recorder, labelled `process="<dyno or host>:<pid>"` and `role`, and the workers and
-//! schedulers publish a rendered snapshot to Redis every `METRICS_PUBLISH_INTERVAL_MS`:
+//! (a Heroku/Railway worker has no routable port), and a load balancer sends each scrape to any
+//! one web process. So every process records into its own Prometheus recorder, labelled
+//! `process="<dyno or host>:<pid>:<random>"` and `role`, and publishes a rendered snapshot to
+//! Redis every `METRICS_PUBLISH_INTERVAL_MS`:
 //!
 //! - `<prefix>:metrics:<process>`: the snapshot (Prometheus text), expiring after three intervals;
 //! - `<prefix>:metrics`: a sorted set of processes scored by that expiry, so a reader finds the
 //!   live snapshots without `SCAN`.
 //!
-//! The web role merges its own metrics with every live snapshot, one metric family at a time
-//! (the text format allows each `# TYPE` once). A process that stops publishes once more on its
-//! way out; its series disappear when the snapshot expires. Losing Redis loses nothing but
-//! counters, which Prometheus treats as a reset.
+//! The web role merges its own metrics with every other live snapshot, one metric family at a
+//! time (the text format allows each `# TYPE` once). A process that stops publishes once more on
+//! its way out; its series disappear when the snapshot expires. Losing Redis loses nothing but
+//! counters, which Prometheus treats as a reset. Expiry scores use each publisher's clock and
+//! are judged by the reader's, so clocks must agree to well within three intervals (NTP does).
 
 use std::{
     collections::BTreeMap,
     sync::{
-        OnceLock,
+        LazyLock, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -35,22 +37,36 @@ const MAX_PROCESSES: isize = 1_000;
 /// Longest one publish may take: the last one runs during shutdown, whose budget is < 30 s.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// How long the index outlives its last publish (entries expire one by one much sooner).
+const INDEX_TTL: Duration = Duration::from_secs(3600);
+
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 static PUBLISHING: AtomicBool = AtomicBool::new(false);
 
-/// This process's name in the `process` label and in Redis: `<dyno or host>:<pid>`.
-pub fn process_name() -> String {
+/// `<dyno or host>:<pid>:<random>`: the random part keeps two processes apart where host and pid
+/// repeat (containers all running as pid 1 on `local`, a restarted dyno overlapping the old one).
+static PROCESS_NAME: LazyLock<String> = LazyLock::new(|| {
+    let random = ulid::Ulid::new().to_string();
     format!(
-        "{}:{}",
+        "{}:{}:{}",
         crate::queue::runtime_hostname(),
-        std::process::id()
+        std::process::id(),
+        &random[random.len() - 6..]
     )
+});
+
+/// This process's name in the `process` label and in Redis.
+pub fn process_name() -> &'static str {
+    &PROCESS_NAME
 }
 
 /// The process's recorder, installed on first use with the labels `process` and `role` (the
 /// first caller's role: `dev` runs every role in one process).
 pub fn install(role: &str) -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = HANDLE.get() {
+    let mut installed = HANDLE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let recorder = PrometheusBuilder::new()
@@ -58,18 +74,10 @@ pub fn install(role: &str) -> anyhow::Result<PrometheusHandle> {
         .add_global_label("role", role)
         .build_recorder();
     let handle = recorder.handle();
-    match HANDLE.set(handle.clone()) {
-        Ok(()) => {
-            metrics::set_global_recorder(recorder)
-                .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
-            Ok(handle)
-        }
-        // Another thread installed one first: use that one.
-        Err(_) => HANDLE
-            .get()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("metrics recorder vanished")),
-    }
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 /// The sorted set of publishing processes.
@@ -109,15 +117,10 @@ pub async fn publish_until(
         let text = handle.render();
         let published = tokio::time::timeout(
             PUBLISH_TIMEOUT,
-            publish(&mut conn, &prefix, &process, &text, interval),
+            publish(&mut conn, &prefix, process, &text, interval),
         )
         .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "timed out",
-            )))
-        });
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))));
         match published {
             Ok(()) if failing => {
                 failing = false;
@@ -139,7 +142,8 @@ pub async fn publish_until(
     PUBLISHING.store(false, Ordering::SeqCst);
 }
 
-/// Write one snapshot: it and its index entry live for three intervals.
+/// Write one snapshot: it and its index entry live for three intervals. Expired entries are
+/// dropped from the index here too, so it stays small even when nobody scrapes.
 pub async fn publish(
     conn: &mut impl ConnectionLike,
     prefix: &str,
@@ -148,7 +152,8 @@ pub async fn publish(
     interval: Duration,
 ) -> redis::RedisResult<()> {
     let ttl = (interval * 3).max(Duration::from_secs(1));
-    let expires_at = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
+    let now = chrono::Utc::now().timestamp_millis();
+    let index = index_key(prefix);
     redis::pipe()
         .atomic()
         .cmd("SET")
@@ -157,10 +162,19 @@ pub async fn publish(
         .arg("PX")
         .arg(ttl.as_millis() as u64)
         .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(&index)
+        .arg("-inf")
+        .arg(now)
+        .ignore()
         .cmd("ZADD")
-        .arg(index_key(prefix))
-        .arg(expires_at)
+        .arg(&index)
+        .arg(now + ttl.as_millis() as i64)
         .arg(process)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&index)
+        .arg(INDEX_TTL.as_millis() as u64)
         .ignore()
         .query_async(conn)
         .await
@@ -295,7 +309,13 @@ mod tests {
             finished,
             "# HELP halol_jobs_finished_total Jobs finished.\n# TYPE halol_jobs_finished_total counter\nhalol_jobs_finished_total{process=\"k:2\"} 5\nhalol_jobs_finished_total{process=\"k:3\"} 7"
         );
-        assert!(merged.contains("halol_job_duration_seconds_count{process=\"k:2\"} 10\n"));
+        // A summary's quantiles, _sum and _count stay in its block.
+        let summary = merged
+            .split("\n\n")
+            .find(|f| f.contains("# TYPE halol_job_duration_seconds summary"))
+            .expect("summary");
+        assert_eq!(summary.lines().count(), 4, "{summary}");
+        assert!(summary.contains("halol_job_duration_seconds_count{process=\"k:2\"} 10"));
         assert!(merged.contains("halol_queue_jobs{process=\"w:1\",queue=\"a\"} 3\n"));
         // HELP before TYPE, as the format wants.
         let help = merged

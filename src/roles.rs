@@ -45,6 +45,7 @@ pub async fn web(
     let metrics = crate::fleet_metrics::install("web")?;
     let db = db::connect(&config.database_url, config.database_pool_size).await?;
     let redis = redis(config).await?;
+    let (metrics_handle, redis_for_metrics) = (metrics.clone(), redis.clone());
     let state = web::WebState {
         trading: config.trading(db.clone(), redis.clone()),
         db,
@@ -57,7 +58,10 @@ pub async fn web(
         tracing::warn!("ADMIN_TOKEN is not set: the admin dashboard is disabled");
     }
     let router = web::router(state, config.http_request_timeout, config.http_body_limit);
-    web::serve(router, config.port, stop).await
+    with_metrics_published(config, metrics_handle, redis_for_metrics, async move {
+        web::serve(router, config.port, stop).await
+    })
+    .await
 }
 
 /// The worker role.

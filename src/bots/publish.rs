@@ -61,6 +61,9 @@ pub async fn publish(
 ) -> redis::RedisResult<Published> {
     let now = Utc::now();
     let mut pipe = redis::pipe();
+    // Events go out only after the keys they announce are written (a retried pipeline must
+    // not announce a version twice, or before it is there).
+    let mut events = redis::pipe();
     for a in accounts {
         let mut call = WRITE.key(t.keys.trade_config(a.mt5_account_id));
         call.key(t.keys.server_heartbeat(a.mt5_account_id))
@@ -72,11 +75,12 @@ pub async fn publish(
         }
         pipe.invoke_script(&call).ignore();
         if push {
-            pipe.publish(
-                t.keys.bot_events(a.mt5_account_id),
-                json!({"kind": "trade_config", "version": a.trade_config_version}).to_string(),
-            )
-            .ignore();
+            events
+                .publish(
+                    t.keys.bot_events(a.mt5_account_id),
+                    json!({"kind": "trade_config", "version": a.trade_config_version}).to_string(),
+                )
+                .ignore();
         }
     }
     for s in strategies {
@@ -86,7 +90,7 @@ pub async fn publish(
             .arg(SERVER_HEARTBEAT_TTL.as_secs());
         pipe.invoke_script(&call).ignore();
         if push {
-            pipe.publish(
+            events.publish(
                 t.keys.bot_events(s.mt5_account_id),
                 json!({"kind": "strategy_config", "strategy_id": s.strategy_id, "version": s.version})
                     .to_string(),
@@ -97,8 +101,12 @@ pub async fn publish(
     if accounts.is_empty() && strategies.is_empty() {
         return Ok(Published::default());
     }
+    let mut conn = t.redis.manager();
     // Every write in the pipeline is idempotent (versions never move backwards).
-    crate::redis_pool::query_with_script::<()>(&mut t.redis.manager(), &pipe, &WRITE).await?;
+    crate::redis_pool::query_with_script::<()>(&mut conn, &pipe, &WRITE).await?;
+    if push {
+        events.query_async::<()>(&mut conn).await?;
+    }
     Ok(Published {
         accounts: accounts.len(),
         strategies: strategies.len(),

@@ -123,18 +123,11 @@ pub async fn forget(t: &Trading, ids: &[i64]) {
 pub async fn refresh(t: &Trading, now: DateTime<Utc>) {
     let result: Result<(), TradingError> = async {
         let mut conn = t.redis.manager();
-        // Expired entries: their flags are gone; their PnL goes with them.
-        let expired: Vec<i64> = conn
-            .zrangebyscore(t.keys.calm_index(), "-inf", now.timestamp_millis())
+        // Expired entries: their flags are gone, and their PnL never outlives the flags. (By
+        // score, in one command: an entry re-enabled meanwhile has a new score and stays.)
+        let _: i64 = conn
+            .zrembyscore(t.keys.calm_index(), "-inf", now.timestamp_millis())
             .await?;
-        if !expired.is_empty() {
-            let mut pipe = redis::pipe();
-            for id in &expired {
-                pipe.del(t.keys.calm_pnl(*id)).ignore();
-            }
-            pipe.zrem(t.keys.calm_index(), &expired).ignore();
-            pipe.query_async::<()>(&mut conn).await?;
-        }
         let ids: Vec<i64> = conn
             .zrangebyscore(t.keys.calm_index(), now.timestamp_millis(), "+inf")
             .await?;

@@ -5,11 +5,22 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::{CloseReason, Side};
 
+/// The largest price (bid, ask, open price, SL, TP) accepted: far above any traded price, far
+/// below where `Decimal` arithmetic on it (PnL, mids) could overflow.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+/// The largest PnL booked in one close (10^24): any batch of closes (at most 10,000) can be
+/// summed without overflow (`Decimal` holds up to 7.9 × 10^28).
+pub const MAX_MONEY: Decimal = Decimal::from_parts(0xA100_0000, 0x1BCE_CCED, 0x0000_D3C2, false, 0);
+
 /// A price with more decimal places than `digits` allows is refused (nautilus does the same);
 /// trailing zeros are fine. Returns the price rescaled to exactly `digits` places.
 pub fn normalise_price(value: Decimal, digits: u32) -> Result<Decimal, String> {
     if value <= Decimal::ZERO {
         return Err(format!("must be greater than 0, got {value}"));
+    }
+    if value > MAX_PRICE {
+        return Err(format!("{value} is above the largest price {MAX_PRICE}"));
     }
     if value.normalize().scale() > digits {
         return Err(format!(
@@ -90,9 +101,10 @@ pub fn pnl_quote(
 }
 
 /// A quote-currency PnL in the account currency at `rate`, rounded once to `digits`. `None` if
-/// it does not fit a `Decimal`.
+/// it is beyond [`MAX_MONEY`] (so a batch's sum of them can never overflow).
 pub fn convert(pnl_quote: Decimal, rate: Decimal, digits: u32) -> Option<Decimal> {
-    Some(round_money(pnl_quote.checked_mul(rate)?, digits))
+    let value = pnl_quote.checked_mul(rate)?;
+    (value.abs() <= MAX_MONEY).then(|| round_money(value, digits))
 }
 
 /// Are an SL and a TP in the order the schema requires: below the TP for a long, above it for a
@@ -223,6 +235,9 @@ mod tests {
             None
         );
         assert_eq!(convert(d("1e28"), d("10"), 2), None);
+        assert_eq!(MAX_MONEY, d("1e24"));
+        assert_eq!(MAX_PRICE, d("1e9"));
+        assert_eq!(convert(d("1e23"), d("11"), 2), None, "beyond MAX_MONEY");
         assert_eq!(convert(d("25"), d("0.9"), 2), Some(d("22.50")));
         assert_eq!(round_money(d("-2.345"), 2), d("-2.35"));
         assert_eq!(round_money(d("12.5"), 0).to_string(), "13");

@@ -519,6 +519,12 @@ pub async fn close_position(t: &Trading, id: i64, by: &str) -> Result<Position, 
     )
     .await?;
     if closed.is_empty() {
+        if get_position(&t.db, id).await?.status == "open" {
+            // Only when its PnL overflows (data written around halol's bounds; logged).
+            return Err(TradingError::Internal(anyhow::anyhow!(
+                "position {id} could not be closed: its PnL does not fit a decimal"
+            )));
+        }
         return Err(TradingError::Conflict(format!(
             "position {id} is already closed"
         )));

@@ -25,9 +25,7 @@ pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 /// up to 2^53 − 1. A larger one is refused on input rather than silently rounded.
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
-/// The largest bid or ask accepted: far above any traded price, far below where `Decimal`
-/// arithmetic on it (PnL, mids) could overflow.
-pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+pub use super::money::MAX_PRICE;
 
 /// One cached quote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -174,13 +172,20 @@ pub async fn read_many(
             .arg(keys.price(s))
             .arg(&["bid", "ask", "timestamp", "seq"]);
     }
-    let rows: Vec<redis::RedisResult<Vec<Option<String>>>> = pipe.query_async(conn).await?;
+    // Bytes, not strings: one field that is not UTF-8 must not fail the conversion of the
+    // whole reply.
+    let rows: Vec<redis::RedisResult<Vec<Option<Vec<u8>>>>> = pipe.query_async(conn).await?;
     symbols
         .iter()
         .zip(rows)
         .map(|(s, fields)| {
             let parsed = match fields {
-                Ok(fields) => parse(&fields),
+                Ok(fields) => fields
+                    .into_iter()
+                    .map(|f| f.map(String::from_utf8).transpose())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| Unusable::Malformed("a field is not UTF-8 text".into()))
+                    .and_then(|fields| parse(&fields)),
                 Err(e) if e.code() == Some("WRONGTYPE") => {
                     Err(Unusable::Malformed("the key is not a hash".into()))
                 }

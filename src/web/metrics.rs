@@ -1,7 +1,13 @@
-//! `/metrics`: Prometheus text format for the whole fleet, from any web process: queue depths
-//! and schedule lags are read from Redis at scrape time, and the metrics of every worker and
-//! scheduler process (job durations, closes, skipped symbols, ...) come from the snapshots they
-//! publish to Redis (`crate::fleet_metrics`), merged with this process's own.
+//! `/metrics`: Prometheus text format for the whole fleet, from any web process.
+//!
+//! - Queue depths and schedule lags are read from Redis at scrape time and rendered without a
+//!   `process` label: every web process reports the same series, whichever one a load balancer
+//!   picks.
+//! - The metrics of every process (job durations, closes, skipped symbols, ...; web processes'
+//!   own included) come from the snapshots they publish to Redis (`crate::fleet_metrics`),
+//!   merged with this process's own render.
+
+use std::fmt::Write as _;
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use redis::AsyncCommands as _;
@@ -20,6 +26,7 @@ async fn render(State(state): State<WebState>) -> Result<impl IntoResponse, AppE
         ));
     };
     let mut conn = state.redis.manager();
+    let mut fleet = String::from("# TYPE halol_queue_jobs gauge\n");
     let worker_ttl = (state.queue.lease * 3).as_millis() as i64;
     for queue in halol_jobs::QUEUES {
         if let Ok(s) = inspect::stats(&mut conn, &state.queue.keys(queue), worker_ttl).await {
@@ -30,22 +37,30 @@ async fn render(State(state): State<WebState>) -> Result<impl IntoResponse, AppE
                 ("dead", s.dead),
                 ("workers", s.workers),
             ] {
-                metrics::gauge!("halol_queue_jobs", "queue" => *queue, "state" => what)
-                    .set(value as f64);
+                let _ = writeln!(
+                    fleet,
+                    "halol_queue_jobs{{queue=\"{}\",state=\"{what}\"}} {value}",
+                    escape(queue)
+                );
             }
         }
     }
-    let schedules: std::collections::HashMap<String, String> = conn
+    let schedules: std::collections::BTreeMap<String, String> = conn
         .hgetall(crate::scheduler::status_key(&state.queue.prefix))
         .await
         .unwrap_or_default();
+    fleet.push_str("# TYPE halol_schedule_last_lag_seconds gauge\n");
     for (name, raw) in schedules {
         if let Some(lag) = serde_json::from_str::<serde_json::Value>(&raw)
             .ok()
             .and_then(|v| v["lag_ms"].as_f64())
         {
-            metrics::gauge!("halol_schedule_last_lag_seconds", "schedule" => name)
-                .set(lag / 1000.0);
+            let _ = writeln!(
+                fleet,
+                "halol_schedule_last_lag_seconds{{schedule=\"{}\"}} {}",
+                escape(&name),
+                lag / 1000.0
+            );
         }
     }
     handle.run_upkeep();
@@ -53,7 +68,7 @@ async fn render(State(state): State<WebState>) -> Result<impl IntoResponse, AppE
     let others = match fleet_metrics::snapshots(
         &mut conn,
         &state.queue.prefix,
-        &fleet_metrics::process_name(),
+        fleet_metrics::process_name(),
     )
     .await
     {
@@ -64,7 +79,17 @@ async fn render(State(state): State<WebState>) -> Result<impl IntoResponse, AppE
         }
     };
     let body = fleet_metrics::merge(
-        std::iter::once(own.as_str()).chain(others.iter().map(String::as_str)),
+        [fleet.as_str(), own.as_str()]
+            .into_iter()
+            .chain(others.iter().map(String::as_str)),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', r#"\""#)
+        .replace('\n', r"\n")
 }

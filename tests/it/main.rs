@@ -3,6 +3,7 @@
 
 mod bots;
 mod helpers;
+mod metrics;
 mod processes;
 mod queue;
 mod simulator;

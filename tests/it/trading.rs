@@ -296,6 +296,27 @@ async fn missing_stale_malformed_or_older_than_the_position_quotes_close_nothing
             .is_some_and(|s| s.contains("malformed") && s.contains("not a hash")),
         "{r:?}"
     );
+    // A field that is not UTF-8 text: malformed, and only this key.
+    let _: () = conn.del(t.keys.price("EURUSD")).await.expect("del");
+    let _: () = conn
+        .hset_multiple(
+            t.keys.price("EURUSD"),
+            &[
+                ("bid", b"\xff\xfe".to_vec()),
+                ("ask", b"1.1".to_vec()),
+                ("timestamp", b"2026-11-22T10:00:00Z".to_vec()),
+                ("seq", b"1".to_vec()),
+            ],
+        )
+        .await
+        .expect("hset");
+    let r = sweep(&t, "EURUSD").await;
+    assert!(
+        r.skipped
+            .as_deref()
+            .is_some_and(|s| s.contains("malformed") && s.contains("UTF-8")),
+        "{r:?}"
+    );
     let _: () = conn.del(t.keys.price("EURUSD")).await.expect("del");
     // A wrong-typed key of a conversion pair spoils that pair only: the close below (USD into
     // USD) still loads its rates.
@@ -700,21 +721,14 @@ async fn the_blurred_pnl_lives_only_while_the_calm_flags_do(db: PgPool) {
     revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
     let exists: bool = conn.exists(t.keys.calm_pnl(id)).await.expect("exists");
     assert!(!exists, "no blurred PnL without calm flags");
-    // An index entry past its expiry takes its PnL key with it.
-    calm::enable(&t, id, "test").await.expect("calm on");
-    revalue::revalue_all(&t, Utc::now()).await.expect("revalue");
+    // An index entry past its expiry leaves the index.
     let _: i64 = conn
         .zadd(t.keys.calm_index(), id, Utc::now().timestamp_millis() - 1)
         .await
         .expect("zadd");
     calm::refresh(&t, Utc::now()).await;
-    let (pnl, indexed): (bool, Option<f64>) = redis::pipe()
-        .exists(t.keys.calm_pnl(id))
-        .zscore(t.keys.calm_index(), id)
-        .query_async(&mut conn)
-        .await
-        .expect("state");
-    assert_eq!((pnl, indexed), (false, None));
+    let indexed: Option<f64> = conn.zscore(t.keys.calm_index(), id).await.expect("zscore");
+    assert_eq!(indexed, None);
 }
 
 #[sqlx::test(migrator = "halol::MIGRATOR")]
@@ -893,11 +907,9 @@ async fn a_scheduled_sweep_fans_out_per_symbol_and_a_worker_process_closes_the_p
         admin_token: None,
         metrics: Some(halol::fleet_metrics::install("test").expect("recorder")),
     };
-    let worker_label = format!(
-        "process=\"{}:{}\"",
-        halol::queue::runtime_hostname(),
-        worker.pid()
-    );
+    // `<host>:<pid>:<random>`.
+    let worker_name = format!("{}:{}:", halol::queue::runtime_hostname(), worker.pid());
+    let worker_label = format!("process=\"{worker_name}");
     let sample = |text: &str, name: &str, label: &str| -> Option<String> {
         text.lines()
             .find(|l| {
@@ -944,14 +956,21 @@ async fn a_scheduled_sweep_fans_out_per_symbol_and_a_worker_process_closes_the_p
             "{family} once: {text}"
         );
     }
-    // A stopped worker publishes once more and its snapshot then expires with its index entry.
-    worker.signal("TERM");
+    // Fleet-wide gauges read from Redis carry no process label: every web reports the same.
+    assert!(
+        text.contains("halol_queue_jobs{queue=\"check_sl_tp_symbol\",state=\"ready\"} 0\n"),
+        "{text}"
+    );
+    // A stopped worker's snapshot expires with its index entry.
     let mut conn = t.redis.manager();
     let index = halol::fleet_metrics::index_key(&settings.prefix);
-    let key = halol::fleet_metrics::snapshot_key(
-        &settings.prefix,
-        &format!("{}:{}", halol::queue::runtime_hostname(), worker.pid()),
-    );
+    let names: Vec<String> = conn.zrange(&index, 0, -1).await.expect("index");
+    let [name] = names.as_slice() else {
+        panic!("one publishing process expected: {names:?}");
+    };
+    assert!(name.starts_with(&worker_name), "{name}");
+    let key = halol::fleet_metrics::snapshot_key(&settings.prefix, name);
+    worker.signal("TERM");
     crate::helpers::eventually(
         Duration::from_secs(10),
         "the snapshot to expire",
