@@ -13,8 +13,6 @@ use crate::{
     trading::{Side, Trading, calm, ops},
 };
 
-const ACTOR: &str = "cli";
-
 /// `halol symbol ...`
 #[derive(Debug, Subcommand)]
 pub enum SymbolCmd {
@@ -375,6 +373,7 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
     let db = crate::db::connect(&config.database_url, 2).await?;
     let redis = crate::roles::redis(config).await?;
     let t: Trading = config.trading(db.clone(), redis);
+    let by = actor(None);
     match cmd {
         Admin::Symbol(SymbolCmd::Add {
             symbol,
@@ -390,6 +389,7 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
                     contract_size,
                     quote_currency,
                 },
+                &by,
             )
             .await?,
         ),
@@ -398,7 +398,7 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
             mt5_account_id,
             currency,
             balance,
-        }) => print(ops::create_account(&db, mt5_account_id, &currency, balance).await?),
+        }) => print(ops::create_account(&db, mt5_account_id, &currency, balance, &by).await?),
         Admin::Position(PositionCmd::Open {
             account,
             symbol,
@@ -423,6 +423,7 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
                         take_profit: tp,
                         open_price,
                     },
+                    &by,
                 )
                 .await?,
             )
@@ -435,10 +436,10 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
             if levels.stop_loss.is_none() && levels.take_profit.is_none() {
                 anyhow::bail!("give --sl and/or --tp (`none` removes one)");
             }
-            print(ops::modify_position(&t, id, levels).await?)
+            print(ops::modify_position(&t, id, levels, &by).await?)
         }
         Admin::Position(PositionCmd::Close { id }) => {
-            print(ops::close_position(&t, id, ACTOR).await?)
+            print(ops::close_position(&t, id, &by).await?)
         }
         Admin::Position(PositionCmd::Get { id }) => print(ops::get_position(&db, id).await?),
         Admin::Position(PositionCmd::List(a)) => print(
@@ -460,10 +461,10 @@ pub async fn run(config: &Config, cmd: Admin) -> anyhow::Result<()> {
             ask,
             timestamp,
             seq,
-        }) => print(ops::set_price(&t, &symbol, bid, ask, timestamp, seq).await?),
+        }) => print(ops::set_price(&t, &symbol, bid, ask, timestamp, seq, &by).await?),
         Admin::Price(PriceCmd::Get { symbol }) => print(ops::get_price(&t, &symbol).await?),
         Admin::Calm(CalmCmd::On { id }) => {
-            calm::enable(&t, id, ACTOR).await?;
+            calm::enable(&t, id, &by).await?;
             print(serde_json::json!({ "position_id": id, "calm": true }))
         }
         Admin::Account(AccountCmd::Show { mt5_account_id }) => {

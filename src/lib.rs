@@ -1,5 +1,6 @@
 //! halol: the background system of Halol Broker (scheduler, workers and a thin web role).
 
+pub mod audit;
 pub mod bench;
 pub mod bench_bots;
 pub mod bench_trading;

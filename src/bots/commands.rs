@@ -61,26 +61,6 @@ pub struct Outcome {
 const FILTER: &str = "($1::bigint[] IS NULL OR mt5_account_id = ANY($1))
     AND ($2::bigint IS NULL OR active_bot_id = $2)";
 
-/// Record an admin action in `tx`.
-pub async fn audit(
-    tx: &mut sqlx::PgConnection,
-    actor: &str,
-    action: &str,
-    target: Value,
-    detail: Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO admin_actions (actor, action, target, detail) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(detail)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
 /// Run `command` for `filter` as `actor`, then publish.
 pub async fn run(
     t: &Trading,
@@ -139,7 +119,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    audit(
+    crate::audit::record(
         &mut tx,
         actor,
         &serde_json::to_value(command)

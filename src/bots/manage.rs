@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::commands::audit;
+use crate::audit::record as audit;
 use crate::trading::{Trading, TradingError};
 
 /// A change to an account; `None` leaves a field alone.

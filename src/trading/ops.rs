@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use serde_json::json;
 use sqlx::PgPool;
 
 use super::{
@@ -33,8 +34,12 @@ pub struct NewSymbol {
     pub quote_currency: String,
 }
 
-/// Create a symbol.
-pub async fn create_symbol(db: &PgPool, s: NewSymbol) -> Result<SymbolInfo, TradingError> {
+/// Create a symbol (audited as `create_symbol`).
+pub async fn create_symbol(
+    db: &PgPool,
+    s: NewSymbol,
+    actor: &str,
+) -> Result<SymbolInfo, TradingError> {
     let valid_name = !s.symbol.is_empty()
         && s.symbol.len() <= 32
         && s.symbol
@@ -56,6 +61,7 @@ pub async fn create_symbol(db: &PgPool, s: NewSymbol) -> Result<SymbolInfo, Trad
         ));
     }
     known_currency(db, "quote_currency", &s.quote_currency).await?;
+    let mut tx = db.begin().await?;
     let created: Option<SymbolInfo> = sqlx::query_as(
         "INSERT INTO symbols (symbol, digits, contract_size, quote_currency)
          VALUES ($1, $2, $3, $4) ON CONFLICT (symbol) DO NOTHING
@@ -65,9 +71,20 @@ pub async fn create_symbol(db: &PgPool, s: NewSymbol) -> Result<SymbolInfo, Trad
     .bind(s.digits)
     .bind(s.contract_size.normalize())
     .bind(&s.quote_currency)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    created.ok_or_else(|| TradingError::Conflict(format!("symbol {} already exists", s.symbol)))
+    let created = created
+        .ok_or_else(|| TradingError::Conflict(format!("symbol {} already exists", s.symbol)))?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "create_symbol",
+        json!({ "symbol": created.symbol }),
+        json!(created),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(created)
 }
 
 async fn known_currency(db: &PgPool, field: &'static str, code: &str) -> Result<(), TradingError> {
@@ -101,12 +118,13 @@ pub struct Account {
     pub created_at: DateTime<Utc>,
 }
 
-/// Create a trading account.
+/// Create a trading account (audited as `create_account`).
 pub async fn create_account(
     db: &PgPool,
     mt5_account_id: i64,
     currency: &str,
     balance: Decimal,
+    actor: &str,
 ) -> Result<Account, TradingError> {
     if mt5_account_id <= 0 {
         return Err(TradingError::invalid(
@@ -123,6 +141,7 @@ pub async fn create_account(
             format!("{balance} has more than {currency}'s {dp} decimal places"),
         ));
     }
+    let mut tx = db.begin().await?;
     let created: Option<Account> = sqlx::query_as(
         "INSERT INTO trading_accounts (mt5_account_id, currency, balance) VALUES ($1, $2, $3)
          ON CONFLICT (mt5_account_id) DO NOTHING
@@ -131,10 +150,21 @@ pub async fn create_account(
     .bind(mt5_account_id)
     .bind(currency)
     .bind(money::round_money(balance, dp))
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    created
-        .ok_or_else(|| TradingError::Conflict(format!("account {mt5_account_id} already exists")))
+    let created = created.ok_or_else(|| {
+        TradingError::Conflict(format!("account {mt5_account_id} already exists"))
+    })?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "create_account",
+        json!({ "mt5_account_id": mt5_account_id }),
+        json!({ "currency": created.currency, "balance": created.balance.to_string() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(created)
 }
 
 /// A position as the API shows it.
@@ -321,8 +351,12 @@ pub struct OpenPosition {
     pub open_price: Option<Decimal>,
 }
 
-/// Open a position.
-pub async fn open_position(t: &Trading, req: OpenPosition) -> Result<Position, TradingError> {
+/// Open a position (audited as `open_position`).
+pub async fn open_position(
+    t: &Trading,
+    req: OpenPosition,
+    actor: &str,
+) -> Result<Position, TradingError> {
     if req.volume <= Decimal::ZERO {
         return Err(TradingError::invalid(
             "volume",
@@ -382,6 +416,7 @@ pub async fn open_position(t: &Trading, req: OpenPosition) -> Result<Position, T
     };
     let mut volume = req.volume.normalize();
     volume.rescale(volume.scale().max(2));
+    let mut tx = t.db.begin().await?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO positions (account_id, account_currency, symbol, side, volume, contract_size,
                                 open_price, stop_loss, take_profit)
@@ -396,9 +431,25 @@ pub async fn open_position(t: &Trading, req: OpenPosition) -> Result<Position, T
     .bind(open_price)
     .bind(stop_loss)
     .bind(take_profit)
-    .fetch_one(&t.db)
+    .fetch_one(&mut *tx)
     .await?;
-    tracing::info!(position_id = id, symbol = %symbol.symbol, side = %req.side, "position {id} opened");
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "open_position",
+        json!({ "position_id": id, "mt5_account_id": req.mt5_account_id }),
+        json!({
+            "symbol": symbol.symbol,
+            "side": req.side.as_str(),
+            "volume": volume.to_string(),
+            "open_price": open_price.to_string(),
+            "stop_loss": stop_loss.map(|v| v.to_string()),
+            "take_profit": take_profit.map(|v| v.to_string()),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(position_id = id, symbol = %symbol.symbol, side = %req.side, actor, "position {id} opened");
     get_position(&t.db, id).await
 }
 
@@ -411,11 +462,13 @@ pub struct Levels {
     pub take_profit: Option<Option<Decimal>>,
 }
 
-/// Change a position's SL/TP, checked against the current quote, on the locked open row.
+/// Change a position's SL/TP, checked against the current quote, on the locked open row
+/// (audited as `modify_position` with the levels before and after).
 pub async fn modify_position(
     t: &Trading,
     id: i64,
     levels: Levels,
+    actor: &str,
 ) -> Result<Position, TradingError> {
     let current = get_position(&t.db, id).await?;
     if current.status != "open" {
@@ -463,18 +516,23 @@ pub async fn modify_position(
     {
         return Err(out_of_order());
     }
-    let updated = sqlx::query(
-        "UPDATE positions
-         SET stop_loss = CASE WHEN $2 THEN $3 ELSE stop_loss END,
-             take_profit = CASE WHEN $4 THEN $5 ELSE take_profit END
-         WHERE id = $1 AND status = 'open'",
+    let mut tx = t.db.begin().await?;
+    // The old levels come from the locked row, so the audit shows what this change replaced.
+    let updated: Option<AuditedLevels> = sqlx::query_as(
+        "UPDATE positions p
+         SET stop_loss = CASE WHEN $2 THEN $3 ELSE p.stop_loss END,
+             take_profit = CASE WHEN $4 THEN $5 ELSE p.take_profit END
+         FROM (SELECT id, stop_loss, take_profit FROM positions WHERE id = $1 FOR UPDATE) old
+         WHERE p.id = old.id AND p.status = 'open'
+         RETURNING old.stop_loss AS old_stop_loss, old.take_profit AS old_take_profit,
+                   p.stop_loss, p.take_profit",
     )
     .bind(id)
     .bind(stop_loss.is_some())
     .bind(stop_loss.flatten())
     .bind(take_profit.is_some())
     .bind(take_profit.flatten())
-    .execute(&t.db)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(|e| {
         // A concurrent change of the other level can still put them out of order.
@@ -484,10 +542,31 @@ pub async fn modify_position(
             e.into()
         }
     })?;
-    if updated.rows_affected() == 0 {
+    let Some(levels) = updated else {
         return Err(TradingError::Conflict(format!("position {id} is closed")));
-    }
+    };
+    let text = |v: Option<Decimal>| v.map(|v| v.to_string());
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "modify_position",
+        json!({ "position_id": id }),
+        json!({
+            "before": { "stop_loss": text(levels.old_stop_loss), "take_profit": text(levels.old_take_profit) },
+            "after": { "stop_loss": text(levels.stop_loss), "take_profit": text(levels.take_profit) },
+        }),
+    )
+    .await?;
+    tx.commit().await?;
     get_position(&t.db, id).await
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditedLevels {
+    old_stop_loss: Option<Decimal>,
+    old_take_profit: Option<Decimal>,
+    stop_loss: Option<Decimal>,
+    take_profit: Option<Decimal>,
 }
 
 /// Close a position at the current market price.
@@ -534,7 +613,8 @@ pub async fn close_position(t: &Trading, id: i64, by: &str) -> Result<Position, 
     get_position(&t.db, id).await
 }
 
-/// Write a price to the cache, normalised to the symbol's digits.
+/// Write a price to the cache, normalised to the symbol's digits (audited as `set_price`: a
+/// manual price can trigger SL/TP closes). The audit row commits only if the write was stored.
 pub async fn set_price(
     t: &Trading,
     symbol: &str,
@@ -542,6 +622,7 @@ pub async fn set_price(
     ask: Decimal,
     timestamp: Option<DateTime<Utc>>,
     seq: Option<u64>,
+    actor: &str,
 ) -> Result<prices::Quote, TradingError> {
     let info = super::symbol(&t.db, symbol)
         .await?
@@ -577,14 +658,31 @@ pub async fn set_price(
         timestamp,
         seq,
     };
+    let mut tx = t.db.begin().await?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "set_price",
+        json!({ "symbol": symbol }),
+        json!({
+            "bid": bid.to_string(),
+            "ask": ask.to_string(),
+            "timestamp": prices::format_ts(timestamp),
+            "seq": seq,
+        }),
+    )
+    .await?;
     let mut conn = t.redis.manager();
     match prices::write(&mut conn, &t.keys, symbol, &quote).await? {
-        prices::Written::Stored(seq) => Ok(prices::Quote {
-            bid,
-            ask,
-            timestamp,
-            seq,
-        }),
+        prices::Written::Stored(seq) => {
+            tx.commit().await?;
+            Ok(prices::Quote {
+                bid,
+                ask,
+                timestamp,
+                seq,
+            })
+        }
         prices::Written::NotNewer { cached } => Err(TradingError::invalid(
             "seq",
             format!("the cache already holds seq {cached}; a quote must carry a higher one"),

@@ -263,21 +263,6 @@ async fn strategy_config(
     Ok(versioned(&headers, row.version, body))
 }
 
-/// Who did it: `X-Admin-Actor` if given, else `admin`.
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-admin-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.chars()
-                .filter(|c| !c.is_control())
-                .take(100)
-                .collect::<String>()
-        })
-        .filter(|v| !v.trim().is_empty())
-        .map_or_else(|| "admin".to_owned(), |v| format!("admin:{v}"))
-}
-
 fn mt5_id(raw: &str) -> Result<i64, AppError> {
     raw.parse()
         .map_err(|_| AppError::NotFound(format!("no account {raw:?}")))
@@ -331,7 +316,7 @@ async fn patch_account(
         clear_dd_block: b.boolean("clear_dd_block")?.unwrap_or(false),
     };
     Ok(Json(
-        manage::update_account(&s.trading, mt5, patch, &actor(&headers)).await?,
+        manage::update_account(&s.trading, mt5, patch, &super::admin_actor(&headers)).await?,
     ))
 }
 
@@ -363,7 +348,14 @@ async fn put_account_strategy(
         last_optimization_date: b.nullable("last_optimization_date", |b, f| b.timestamp(f))?,
     };
     Ok(Json(
-        manage::set_account_strategy(&s.trading, mt5, strategy, patch, &actor(&headers)).await?,
+        manage::set_account_strategy(
+            &s.trading,
+            mt5,
+            strategy,
+            patch,
+            &super::admin_actor(&headers),
+        )
+        .await?,
     ))
 }
 
@@ -378,7 +370,7 @@ async fn create_strategy(
         &b.required("name", b.string("name")?)?,
         &b.required("strategy_class", b.string("strategy_class")?)?,
         b.boolean("is_pair_trading")?.unwrap_or(false),
-        &actor(&headers),
+        &super::admin_actor(&headers),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -403,7 +395,7 @@ async fn bot_command(
         active_bot_id: b.integer("active_bot_id")?,
     };
     Ok(Json(
-        commands::run(&s.trading, &actor(&headers), command, &filter).await?,
+        commands::run(&s.trading, &super::admin_actor(&headers), command, &filter).await?,
     ))
 }
 

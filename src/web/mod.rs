@@ -109,3 +109,19 @@ pub async fn serve(
     tracing::info!("web stopped");
     Ok(())
 }
+
+/// Who did an admin action: `admin:<X-Admin-Actor>` if the header is given (control characters
+/// dropped, at most 100 characters), else `admin`. Recorded in the audit log.
+fn admin_actor(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-admin-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect::<String>()
+        })
+        .filter(|v| !v.trim().is_empty())
+        .map_or_else(|| "admin".to_owned(), |v| format!("admin:{v}"))
+}

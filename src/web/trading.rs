@@ -15,7 +15,7 @@ use std::{collections::HashMap, str::FromStr, sync::Arc};
 use axum::{
     Json, Router,
     extract::{Path, Query, Request, State, rejection::JsonRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     middleware::Next,
     response::IntoResponse,
     routing::{get, post, put},
@@ -49,8 +49,6 @@ pub(super) fn router(token: Option<Arc<str>>) -> Router<WebState> {
             move |req: Request, next: Next| super::admin::require_admin(token.clone(), req, next),
         ))
 }
-
-const ACTOR: &str = "admin-api";
 
 impl From<TradingError> for AppError {
     fn from(e: TradingError) -> Self {
@@ -262,6 +260,7 @@ async fn list_symbols(State(s): State<WebState>) -> Result<impl IntoResponse, Ap
 
 async fn create_symbol(
     State(s): State<WebState>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let b = Body::parse(
@@ -275,12 +274,13 @@ async fn create_symbol(
         contract_size: b.required("contract_size", b.decimal("contract_size")?)?,
         quote_currency: b.required("quote_currency", b.string("quote_currency")?)?,
     };
-    let created = ops::create_symbol(&s.db, new).await?;
+    let created = ops::create_symbol(&s.db, new, &super::admin_actor(&headers)).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 async fn create_account(
     State(s): State<WebState>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let b = Body::parse(body, &["mt5_account_id", "currency", "balance"])?;
@@ -289,6 +289,7 @@ async fn create_account(
         b.required("mt5_account_id", b.integer("mt5_account_id")?)?,
         &b.required("currency", b.string("currency")?)?,
         b.decimal("balance")?.unwrap_or_default(),
+        &super::admin_actor(&headers),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(account)))
@@ -331,6 +332,7 @@ async fn get_position(
 
 async fn open_position(
     State(s): State<WebState>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let b = Body::parse(
@@ -358,13 +360,14 @@ async fn open_position(
         take_profit: b.decimal("take_profit")?,
         open_price: b.decimal("open_price")?,
     };
-    let position = ops::open_position(&s.trading, req).await?;
+    let position = ops::open_position(&s.trading, req, &super::admin_actor(&headers)).await?;
     Ok((StatusCode::CREATED, Json(position)))
 }
 
 async fn modify_position(
     State(s): State<WebState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let id = position_id(&id)?;
@@ -379,24 +382,28 @@ async fn modify_position(
             "give stop_loss and/or take_profit (null removes one)",
         ));
     }
-    Ok(Json(ops::modify_position(&s.trading, id, levels).await?))
+    Ok(Json(
+        ops::modify_position(&s.trading, id, levels, &super::admin_actor(&headers)).await?,
+    ))
 }
 
 async fn close_position(
     State(s): State<WebState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
     Ok(Json(
-        ops::close_position(&s.trading, position_id(&id)?, ACTOR).await?,
+        ops::close_position(&s.trading, position_id(&id)?, &super::admin_actor(&headers)).await?,
     ))
 }
 
 async fn calm_on(
     State(s): State<WebState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<impl IntoResponse, AppError> {
     let id = position_id(&id)?;
-    calm::enable(&s.trading, id, ACTOR).await?;
+    calm::enable(&s.trading, id, &super::admin_actor(&headers)).await?;
     Ok(Json(json!({ "position_id": id, "calm": true })))
 }
 
@@ -422,6 +429,7 @@ async fn get_price(
 async fn set_price(
     State(s): State<WebState>,
     Path(symbol): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
     let b = Body::parse(body, &["bid", "ask", "timestamp", "seq"])?;
@@ -436,6 +444,7 @@ async fn set_price(
         b.required("ask", b.decimal("ask")?)?,
         b.timestamp("timestamp")?,
         seq,
+        &super::admin_actor(&headers),
     )
     .await?;
     Ok(Json(json!({ "symbol": symbol, "quote": quote })))

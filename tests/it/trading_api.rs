@@ -38,7 +38,8 @@ async fn call(
     let mut req = Request::builder()
         .method(method)
         .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header("x-admin-actor", "dana");
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
@@ -145,6 +146,41 @@ async fn positions_open_modify_list_and_close_through_the_admin_api(db: PgPool) 
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, _) = call(&s, "GET", "/admin/api/positions/999999", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Who did what: the open and the change in the audit log (with the levels replaced), the
+    // manual close in its close record; the refused change left nothing.
+    let audit: Vec<(String, String, Value, Value)> =
+        sqlx::query_as("SELECT actor, action, target, detail FROM admin_actions ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .expect("audit");
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|(who, what, _, _)| (who.as_str(), what.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin:dana", "open_position"),
+            ("admin:dana", "modify_position")
+        ]
+    );
+    assert_eq!(audit[0].2["position_id"], id);
+    assert_eq!(audit[0].3["stop_loss"], "1.09000");
+    assert_eq!(
+        audit[1].3,
+        json!({
+            "before": {"stop_loss": "1.09000", "take_profit": "1.12000"},
+            "after": {"stop_loss": "1.09500", "take_profit": null},
+        })
+    );
+    let closed_by: String =
+        sqlx::query_scalar("SELECT closed_by FROM position_closes WHERE position_id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .expect("close record");
+    assert_eq!(closed_by, "admin:dana");
 }
 
 #[sqlx::test(migrator = "halol::MIGRATOR")]
@@ -248,6 +284,11 @@ async fn invalid_input_is_a_4xx_naming_the_field_and_writes_nothing(db: PgPool) 
         cached["quote"]["bid"], "1.10000",
         "the refused writes changed nothing"
     );
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_actions")
+        .fetch_one(&db)
+        .await
+        .expect("audit");
+    assert_eq!(audited, 0, "a refused request leaves no audit row");
 
     // SL/TP cannot be checked without a fresh price: refused, not guessed.
     let (status, err) = call(
@@ -318,6 +359,22 @@ async fn prices_and_calm_mode_through_the_admin_api(db: PgPool) {
     assert_eq!(
         (status, err["field"].clone()),
         (StatusCode::UNPROCESSABLE_ENTITY, json!("seq"))
+    );
+    // A manual price can close positions: the stored write is audited, the refused one not.
+    let prices: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT actor, detail FROM admin_actions WHERE action = 'set_price' ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("audit");
+    assert_eq!(prices.len(), 1, "{prices:?}");
+    assert_eq!(
+        (
+            prices[0].0.as_str(),
+            &prices[0].1["bid"],
+            &prices[0].1["seq"]
+        ),
+        ("admin:dana", &json!("1.10000"), &json!(5))
     );
 
     let (_, p) = call(
