@@ -45,20 +45,19 @@ pub async fn web(
     let metrics = crate::fleet_metrics::install("web")?;
     let db = db::connect(&config.database_url, config.database_pool_size).await?;
     let redis = redis(config).await?;
-    let (metrics_handle, redis_for_metrics) = (metrics.clone(), redis.clone());
     let state = web::WebState {
         trading: config.trading(db.clone(), redis.clone()),
         db,
-        redis,
+        redis: redis.clone(),
         queue: config.queue.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
-        metrics: Some(metrics),
+        metrics: Some(metrics.clone()),
     };
     if state.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: the admin dashboard is disabled");
     }
     let router = web::router(state, config.http_request_timeout, config.http_body_limit);
-    with_metrics_published(config, metrics_handle, redis_for_metrics, async move {
+    with_metrics_published(config, metrics, redis, async move {
         web::serve(router, config.port, stop).await
     })
     .await

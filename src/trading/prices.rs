@@ -13,7 +13,7 @@ use redis::aio::ConnectionLike;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::CacheKeys;
+use super::{CacheKeys, money::MAX_PRICE};
 
 /// TTL of `price:{SYMBOL}` (the contract: 10 s).
 pub const PRICE_TTL: Duration = Duration::from_secs(10);
@@ -24,8 +24,6 @@ pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 /// The largest sequence number: the write script compares them as Lua numbers (doubles), exact
 /// up to 2^53 − 1. A larger one is refused on input rather than silently rounded.
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
-
-pub use super::money::MAX_PRICE;
 
 /// One cached quote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
